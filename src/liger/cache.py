@@ -1,0 +1,145 @@
+"""Constant-memory generation cache for linearized layers, as a transformers `CacheLayerMixin`.
+
+A linearized layer keeps, per sequence, the recurrent state (float32 [B, Hk, K, V]) and the last
+`window - 1` keys (after RoPE) and values with their validity flags ([B, window - 1, Hk, D], time-first).
+Neither grows with the context. Layers kept as softmax attention keep transformers' own (growing) KV layer,
+so any `transformers.Cache` works: `generate()` creates a `DynamicCache` and each linearized layer swaps its
+own slot for a `LigerLayerCache` on first use (`liger_layer`). `LigerCache(model)` builds one up front.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+Tensor = torch.Tensor
+
+
+class LigerLayerCache(CacheLayerMixin):
+    """State of one linearized layer. `seen` counts the tokens processed (padding included), which is what
+    transformers reads as the sequence length to place new positions and masks."""
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+    supports_early_init = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.state: Tensor | None = None
+        self.window: tuple[Tensor, Tensor, Tensor] | None = None
+        self.seen = 0
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:  # pragma: no cover
+        pass
+
+    def update(self, *args, **kwargs):
+        raise RuntimeError("a linearized layer's cache is written by its mixer, not through Cache.update")
+
+    def store(self, state: Tensor | None, window: tuple[Tensor, Tensor, Tensor] | None, n_new: int) -> None:
+        self.state, self.window = state, window
+        self.seen += n_new
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.state, self.window, self.seen = None, None, 0
+        self.is_initialized = False
+
+    def _map(self, fn) -> None:
+        if self.state is not None:
+            self.state = fn(self.state)
+        if self.window is not None:
+            self.window = tuple(fn(t) for t in self.window)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(
+            "a recurrent state cannot be rolled back: assisted/speculative decoding is not supported by "
+            "linearized layers"
+        )
+
+    @property
+    def nbytes(self) -> int:
+        tensors = ([self.state] if self.state is not None else []) + list(self.window or ())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def liger_layer(cache: Cache, layer_idx: int) -> LigerLayerCache:
+    """The `LigerLayerCache` of `layer_idx` in any transformers Cache, swapped in on first use."""
+    while len(cache.layers) <= layer_idx:
+        cls = getattr(cache, "layer_class_to_replicate", None) or DynamicLayer
+        cache.layers.append(cls())
+    layer = cache.layers[layer_idx]
+    if not isinstance(layer, LigerLayerCache):
+        if layer.get_seq_length() > 0:
+            raise RuntimeError(f"cache layer {layer_idx} already holds softmax keys/values; use a fresh cache")
+        layer = cache.layers[layer_idx] = LigerLayerCache()
+    return layer
+
+
+class LigerCache(Cache):
+    """A cache for a linearized model: `LigerLayerCache` for linearized layers, `DynamicLayer` for the layers
+    kept as softmax attention. Pass it as `past_key_values=` to `generate` or `forward`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from .surgery import linearized_layer_indices
+
+        n = model.config.get_text_config().num_hidden_layers
+        linear = set(linearized_layer_indices(model))
+        super().__init__(layers=[LigerLayerCache() if i in linear else DynamicLayer() for i in range(n)])
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by every tensor of a cache (states, window buffers and softmax KV)."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, LigerLayerCache):
+            total += layer.nbytes
+        else:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def cache_footprint(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, int]:
+    """Cache bytes of one sequence, from the model's config: `fixed` (recurrent states and window buffers of
+    the linearized layers, whatever the context length), `per_token` (KV of the layers kept as softmax) and
+    `original_per_token` (KV of the same model with every layer softmax)."""
+    from .surgery import decoder_layers
+
+    cfg = model.config.get_text_config()
+    dtype = dtype or next(model.parameters()).dtype
+    esize = torch.empty((), dtype=dtype).element_size()
+    fixed = per_token = 0
+    kv_token = 0
+    for layer in decoder_layers(model):
+        attn = layer.self_attn
+        hk = getattr(attn, "num_kv_heads", None) or getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        d = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_token += 2 * hk * d * esize
+        liger = getattr(attn, "liger", None)
+        if liger is None:
+            per_token += 2 * hk * d * esize
+        else:
+            fixed += hk * d * d * 4  # float32 state [Hk, K, V]
+            if liger.window > 0:
+                fixed += (liger.window - 1) * (2 * hk * d * esize + 1)  # keys, values, validity flag
+    return {"fixed": fixed, "per_token": per_token, "original_per_token": kv_token}

@@ -1,0 +1,97 @@
+"""Saving and loading linearized models. Every write is atomic: files go to a temporary sibling folder that
+replaces the target only once complete, so an interrupted save never leaves a half-written checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .config import LigerConfig
+from .errors import CheckpointError, LigerError
+
+# Files a save writes; everything else already in the target folder (a tokenizer, a report) is kept.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _is_model_file(name: str) -> bool:
+    return name in _MODEL_FILES or (name.startswith("model-") and name.endswith(".safetensors"))
+
+
+def is_liger_checkpoint(path: str | os.PathLike) -> bool:
+    cfg = Path(path) / "config.json"
+    try:
+        return cfg.is_file() and "liger" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` (keeping files of the old
+    folder that the new one does not write, such as a tokenizer), on error it is removed.
+
+    Refuses to replace a folder holding a model that is not a liger checkpoint."""
+    target = Path(target).expanduser().absolute()
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target} exists and is not a folder; choose another output path")
+    if target.is_dir() and not is_liger_checkpoint(target) and any(_is_model_file(p.name) for p in target.iterdir()):
+        raise CheckpointError(
+            f"{target} holds a model that is not a liger checkpoint; refusing to overwrite it. "
+            "Choose another output folder."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.is_dir():
+            for old in target.iterdir():
+                if not _is_model_file(old.name) and not (tmp / old.name).exists():
+                    (shutil.copytree if old.is_dir() else shutil.copy2)(old, tmp / old.name)
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, trash)
+            os.rename(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, **kwargs) -> torch.nn.Module:
+    """Rebuild a linearized model from a folder written by `save_pretrained`, from that folder alone."""
+    from transformers import AutoModelForCausalLM
+
+    from .surgery import linearize
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass the folder written by `liger convert` or `linearize`")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a model folder (no config.json)")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e}); the checkpoint is corrupted") from None
+    if "liger" not in raw:
+        raise CheckpointError(
+            f"{path} is a model folder but not a liger checkpoint (its config.json has no 'liger' entry); "
+            f"convert it first: liger convert --model {path} --out DIR"
+        )
+    lcfg = LigerConfig.from_dict(raw["liger"])
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+    except LigerError:
+        raise
+    except Exception as e:  # transformers/safetensors raise many types for unreadable weights
+        raise CheckpointError(f"cannot load the weights in {path}: {e}") from e
+    del model.config.liger
+    return linearize(model, lcfg)

@@ -1,0 +1,86 @@
+"""LigerConfig: what `liger.linearize` builds. Serialised into the model's config.json under the key "liger"."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+MIXERS = ("gla",)
+FEATURE_MAPS = ("softmax",)
+
+
+@dataclass
+class LigerConfig:
+    """How each softmax attention is replaced.
+
+    mixer: the gated linear recurrence ("gla": per-key-channel decay, Liger-GLA).
+    window: sliding-window softmax branch length in tokens (each query sees itself and the `window - 1`
+        tokens before it); 0 disables the branch (pure gated linear attention).
+    mix: (window weight, linear weight); Liger Attention uses (0.5, 0.5).
+    gate_normalizer: g = logsigmoid(k) / gate_normalizer (natural-log decay per step, <= 0).
+    feature_map: applied to q and k of the linear branch ("softmax": softmax over the head dimension).
+    softmax_layers: indices of layers kept as the original softmax attention (inter-layer hybrid).
+    """
+
+    mixer: str = "gla"
+    window: int = 64
+    mix: tuple[float, float] = (0.5, 0.5)
+    gate_normalizer: float = 16.0
+    feature_map: str = "softmax"
+    softmax_layers: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ConfigError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ConfigError(f"unknown feature_map {self.feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise ConfigError(
+                f"window must be a whole number of tokens >= 0 (0 disables the window branch), got {self.window!r}"
+            )
+        try:
+            mix = tuple(float(m) for m in self.mix)
+        except (TypeError, ValueError):
+            mix = ()
+        if len(mix) != 2:
+            raise ConfigError(f"mix must be two numbers (window weight, linear weight), got {self.mix!r}")
+        self.mix = mix
+        if not self.gate_normalizer > 0:
+            raise ConfigError(f"gate_normalizer must be > 0, got {self.gate_normalizer!r}")
+        self.gate_normalizer = float(self.gate_normalizer)
+        try:
+            layers = tuple(sorted({int(i) for i in self.softmax_layers}))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"softmax_layers must be layer indices (whole numbers), got {self.softmax_layers!r}"
+            ) from None
+        if any(i < 0 for i in layers):
+            raise ConfigError(f"softmax_layers must be >= 0, got {list(layers)}")
+        self.softmax_layers = layers
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise ConfigError if a softmax layer index is outside a model with `num_layers` layers."""
+        bad = [i for i in self.softmax_layers if i >= num_layers]
+        if bad:
+            raise ConfigError(
+                f"softmax_layers {bad} out of range: the model has {num_layers} layers (indices 0..{num_layers - 1})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mix"] = list(self.mix)
+        d["softmax_layers"] = list(self.softmax_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LigerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown liger config keys {sorted(unknown)}; this checkpoint may come from a newer liger version"
+            )
+        return cls(**d)

@@ -1,0 +1,112 @@
+"""Liger Attention: one wrapper that replaces the softmax attention of every supported architecture.
+
+    o = mix[0] * SWA(RoPE(q), RoPE(k), v) + mix[1] * GLA(phi(q), phi(k), v, g)      (then the host's o_proj)
+
+- q, k, v come from the host attention's own projections (and its per-head q/k norms, if it has them), so
+  the module adds no parameters and copies no weights; its attributes carry the host's names, so state-dict
+  keys and LoRA target names are unchanged.
+- phi = softmax over the head dimension; gate g = logsigmoid(k) / gate_normalizer per key channel (the
+  pooling of Liger-GLA is the identity); the linear branch has no RoPE and scale 1, as in the Liger paper.
+- SWA: softmax attention with the host's RoPE and scaling over the last `window` tokens (`window=0`: no
+  window branch, pure gated linear attention).
+- Grouped-query heads are read in place (liger.ops handle Hq = G * Hk): no repeat of k/v weights or states.
+- Padding (from the model's 2-D attention mask, passed down as `liger_valid` by the hook that
+  `liger.linearize` installs) contributes nothing to the state or to the window.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import ArchSpec
+from ..cache import liger_layer
+from ..config import LigerConfig
+from ..ops import chunk_gla, fused_recurrent_gla, roll_window, window_attention
+
+Tensor = torch.Tensor
+
+
+class LigerAttention(nn.Module):
+    """Drop-in replacement for a host attention module; same call signature and return `(output, None)`."""
+
+    def __init__(self, attn: nn.Module, spec: ArchSpec, config: LigerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.spec, self.liger, self.layer_idx = spec, config, layer_idx
+        for name in (spec.q_proj, spec.k_proj, spec.v_proj, spec.o_proj, spec.q_norm, spec.k_norm):
+            if name:
+                setattr(self, name, getattr(attn, name))
+        mc = attn.config
+        self.config = mc
+        self.num_heads = mc.num_attention_heads
+        self.num_kv_heads = getattr(mc, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(attn, "head_dim", None) or mc.hidden_size // self.num_heads
+        self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
+        self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        self.is_causal = True
+
+    def extra_repr(self) -> str:
+        c = self.liger
+        return f"layer={self.layer_idx}, mixer={c.mixer}, window={c.window}, mix={c.mix}"
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms (before RoPE)."""
+        B, T, _ = x.shape
+        s = self.spec
+        q = getattr(self, s.q_proj)(x).view(B, T, -1, self.head_dim)
+        k = getattr(self, s.k_proj)(x).view(B, T, -1, self.head_dim)
+        v = getattr(self, s.v_proj)(x).view(B, T, -1, self.head_dim)
+        if s.q_norm:
+            q = getattr(self, s.q_norm)(q)
+        if s.k_norm:
+            k = getattr(self, s.k_norm)(k)
+        return q, k, v
+
+    def linear_branch(
+        self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: Tensor | None, want_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Gated linear attention with Liger's feature map and key-derived gate."""
+        qf = torch.softmax(q.float(), -1)
+        kf = torch.softmax(k.float(), -1)
+        g = F.logsigmoid(k.float()) / self.liger.gate_normalizer
+        if valid is not None:
+            m = valid[:, :, None, None].to(kf.dtype)
+            kf, g = kf * m, g * m
+        op = fused_recurrent_gla if (want_state and q.shape[1] == 1) else chunk_gla
+        return op(qf, kf, v, g, scale=1.0, initial_state=state, output_final_state=want_state)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        liger_valid: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor, None]:
+        B, T, _ = hidden_states.shape
+        q, k, v = self.project(hidden_states)
+        valid = None if liger_valid is None else liger_valid[:, -T:]
+        cache = liger_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
+
+        o, state = self.linear_branch(
+            q, k, v, valid, cache.state if cache is not None else None, want_state=cache is not None
+        )
+        window = None
+        W = self.liger.window
+        if W > 0:
+            cos, sin = position_embeddings
+            qr, kr = self.apply_rope(q, k, cos, sin, unsqueeze_dim=2)
+            past = cache.window if cache is not None else None
+            o_win = window_attention(qr, kr, v, W, scale=self.scaling, key_valid=valid, past=past)
+            a, b = self.liger.mix
+            o = a * o_win + b * o
+            if cache is not None:
+                window = roll_window(past, kr.detach(), v.detach(), valid, W)
+        if cache is not None:
+            cache.store(state.detach(), window, T)
+        o = o.reshape(B, T, -1).to(hidden_states.dtype)
+        return getattr(self, self.spec.o_proj)(o), None

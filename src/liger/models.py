@@ -1,0 +1,41 @@
+"""Load any causal LM the CLI is pointed at: a liger checkpoint, a Hugging Face folder or hub id, or the
+bundled teacher ("bundled")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import from_pretrained, is_liger_checkpoint
+from .errors import CheckpointError, LigerError
+from .teacher import BUNDLED, resolve_model_path
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and Path(spec).parent.exists()
+
+
+def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger: bool = False):
+    """(model, tokenizer) from a liger checkpoint, a model folder, a hub id or "bundled"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    local = Path(path).expanduser()
+    if spec != BUNDLED and not local.exists() and (_looks_local(spec) or require_liger):
+        raise CheckpointError(f"{spec} does not exist; pass a model folder, a hub id or 'bundled'")
+    if require_liger or is_liger_checkpoint(local):
+        model = from_pretrained(local, dtype=dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+        except LigerError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"cannot load a causal LM from {spec!r}: {e}") from e
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise CheckpointError(f"cannot load the tokenizer of {spec!r}: {e}") from e
+    return model.eval(), tok

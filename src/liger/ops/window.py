@@ -1,0 +1,109 @@
+"""Sliding-window causal softmax attention: blocked prefill in O(T * window) time and memory, and decoding
+from a rolling cache of the last `window - 1` keys and values.
+
+Layout time-first: q [B, T, Hq, D], k and v [B, T, Hk, D] (grouped-query: Hq = G * Hk, query head h reads
+key/value head h // G). A query sees itself and the `window - 1` tokens before it, valid keys only
+(`key_valid` False marks padding). Arithmetic in float32; output in v's dtype; a query with no valid key in
+its window gets 0, so padding never produces NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .gla import float32_op
+
+Tensor = torch.Tensor
+
+
+@float32_op
+def window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    scale: float | None = None,
+    key_valid: Tensor | None = None,
+    past: tuple[Tensor, Tensor, Tensor] | None = None,
+    block_size: int | None = None,
+) -> Tensor:
+    """Sliding-window attention of the T new queries over `past` plus the T new keys.
+
+    past: (k [B, L, Hk, D], v [B, L, Hk, D], valid bool [B, L]) for the L <= window - 1 tokens before the new
+        ones (as kept by `roll_window`), or None at the start of a sequence.
+    Queries are processed in blocks of `block_size` (default min(T, window)); block n attends to its own
+    keys plus the `window - 1` before it, so scores are [block, block + window - 1], never [T, T].
+    """
+    B, T, Hq, D = q.shape
+    Hk = k.shape[2]
+    G = Hq // Hk
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    scale = D**-0.5 if scale is None else scale
+    L = window - 1
+    dev = q.device
+    valid = torch.ones(B, T, dtype=torch.bool, device=dev) if key_valid is None else key_valid.bool()
+    if past is not None:
+        pk, pv, pvalid = past
+        kk = torch.cat([pk.to(k.dtype), k], 1)
+        vv = torch.cat([pv.to(v.dtype), v], 1)
+        valid = torch.cat([pvalid, valid], 1)
+    else:
+        kk, vv = k, v
+    # left-pad the keys to exactly L tokens of history (invalid)
+    missing = L + T - kk.shape[1]
+    if missing < 0:
+        raise ValueError(f"past holds {kk.shape[1] - T} tokens, more than window - 1 = {L}")
+    P = max(1, min(T, window)) if block_size is None else block_size
+    N = -(-T // P)
+    tail = N * P - T
+    kk = F.pad(kk.float(), (0, 0, 0, 0, missing, tail))
+    vv = F.pad(vv.float(), (0, 0, 0, 0, missing, tail))
+    valid = F.pad(valid, (missing, tail), value=False)
+    qb = F.pad(q.float(), (0, 0, 0, 0, 0, tail)).view(B, N, P, Hk, G, D)
+
+    # keys of block n: padded positions n*P .. n*P + P + L - 1
+    kb = kk.unfold(1, P + L, P)  # [B, N, Hk, D, P+L]
+    vb = vv.unfold(1, P + L, P)
+    vb_valid = valid.unfold(1, P + L, P)  # [B, N, P+L]
+    s = torch.einsum("bnphgd,bnhdj->bnhgpj", qb, kb) * scale
+    rel = torch.arange(P + L, device=dev)[None, :] - torch.arange(P, device=dev)[:, None]  # key j - query p
+    allowed = (rel >= 0) & (rel <= L)  # [P, P+L]
+    allowed = allowed[None, None, None, None] & vb_valid[:, :, None, None, None, :]
+    s = s.masked_fill(~allowed, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    p = torch.exp(s - m)
+    denom = p.sum(-1, keepdim=True)
+    o = torch.einsum("bnhgpj,bnhdj->bnphgd", p / denom.clamp_min(1e-30), vb)
+    return o.reshape(B, N * P, Hq, -1)[:, :T].to(v.dtype)
+
+
+def roll_window(
+    past: tuple[Tensor, Tensor, Tensor] | None,
+    k: Tensor,
+    v: Tensor,
+    key_valid: Tensor | None,
+    window: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The last `window - 1` keys, values and validity flags after appending the new tokens: fixed-size
+    buffers [B, window - 1, Hk, D] (invalid zeros where fewer tokens were seen), so a cache built on them
+    takes the same bytes at every context length."""
+    B, T, Hk, D = k.shape
+    L = window - 1
+    valid = torch.ones(B, T, dtype=torch.bool, device=k.device) if key_valid is None else key_valid.bool()
+    if past is None:
+        past = (
+            k.new_zeros(B, L, Hk, D),
+            v.new_zeros(B, L, Hk, v.shape[-1]),
+            torch.zeros(B, L, dtype=torch.bool, device=k.device),
+        )
+    pk, pv, pvalid = past
+    if T >= L:
+        return k[:, T - L :].clone(), v[:, T - L :].clone(), valid[:, T - L :].clone()
+    return (
+        torch.cat([pk[:, T:], k.to(pk.dtype)], 1),
+        torch.cat([pv[:, T:], v.to(pv.dtype)], 1),
+        torch.cat([pvalid[:, T:], valid], 1),
+    )

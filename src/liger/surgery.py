@@ -1,0 +1,98 @@
+"""Find the attention modules of a Hugging Face causal LM and replace them in place with Liger Attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch import ARCHITECTURES, supported
+from .config import LigerConfig
+from .errors import ConfigError, UnsupportedModelError
+from .mixers import LigerAttention
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (`model.base_model.layers`)."""
+    layers = getattr(getattr(model, "base_model", model), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(
+            f"cannot find the decoder layers of {type(model).__name__}; liger supports causal LMs of the "
+            f"architectures: {supported()}"
+        )
+    return layers
+
+
+def model_type(model: nn.Module) -> str:
+    return getattr(model.config.get_text_config(), "model_type", None) or model.config.model_type
+
+
+def linearized_layer_indices(model: nn.Module) -> list[int]:
+    return [i for i, layer in enumerate(decoder_layers(model)) if isinstance(layer.self_attn, LigerAttention)]
+
+
+def _capture_padding(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook on the base model: pass the 2-D padding mask down to the mixers as `liger_valid`
+    (transformers forwards extra keyword arguments from the model to every attention module)."""
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and "liger_valid" not in kwargs:
+        if not bool(mask.all()):
+            kwargs["liger_valid"] = mask.bool()
+    return args, kwargs
+
+
+class LigerModelMixin:
+    """Mixed into the class of a linearized model: atomic `save_pretrained` and `liger_config`."""
+
+    @property
+    def liger_config(self) -> LigerConfig:
+        return LigerConfig.from_dict(self.config.liger)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Like transformers' save_pretrained (safetensors + config.json with a "liger" entry), but atomic: the
+        folder is written beside the target and swapped in only once complete (see liger.checkpoint)."""
+        from .checkpoint import atomic_output_dir
+
+        with atomic_output_dir(save_directory) as tmp:
+            super().save_pretrained(tmp, *args, **kwargs)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _liger_class(cls: type) -> type:
+    if issubclass(cls, LigerModelMixin):
+        return cls
+    if cls not in _CLASSES:
+        # Same name as the host class, so config.json's "architectures" stays loadable by transformers.
+        _CLASSES[cls] = type(cls.__name__, (LigerModelMixin, cls), {"__module__": cls.__module__})
+    return _CLASSES[cls]
+
+
+def linearize(model: nn.Module, config: LigerConfig | None = None) -> nn.Module:
+    """Replace every attention module of `model` (except `config.softmax_layers`) by Liger Attention, in
+    place, reusing the pretrained q/k/v/o weights: no new parameters, no copies. Returns the same model,
+    whose config now records the linearization under `config.liger` (saved in config.json)."""
+    config = config or LigerConfig()
+    mtype = model_type(model)
+    spec = ARCHITECTURES.get(mtype)
+    if spec is None:
+        raise UnsupportedModelError(
+            f"model type {mtype!r} is not supported; liger supports: {supported()}. "
+            "Open an issue with the model's config.json to ask for it."
+        )
+    if getattr(model.config, "liger", None) is not None:
+        raise ConfigError("this model is already linearized (its config has a 'liger' entry)")
+    layers = decoder_layers(model)
+    config.check_layers(len(layers))
+    for i, layer in enumerate(layers):
+        if i not in config.softmax_layers:
+            layer.self_attn = LigerAttention(layer.self_attn, spec, config, i)
+    base = getattr(model, "base_model", model)
+    if not getattr(base, "_liger_hooked", False):
+        base.register_forward_pre_hook(_capture_padding, with_kwargs=True)
+        base._liger_hooked = True
+    model.config.liger = config.to_dict()
+    model.__class__ = _liger_class(type(model))
+    return model

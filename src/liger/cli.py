@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 
 from .errors import ConfigError, LigerError
+
+# Modules that add subcommands: each defines `register(subparsers)` (imports inside the command functions
+# keep `liger --help` fast).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _layer_list(text: str) -> tuple[int, ...]:
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="DIR", help="liger checkpoint folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

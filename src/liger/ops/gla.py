@@ -24,6 +24,9 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
+GATE_FLOOR = 21  # per-step log decay floor inside a chunk (see chunk_gla)
+MAX_SPAN = 700  # largest |exponent| kept inside a chunk; float64 overflows at 709
+
 
 def float32_op(fn):
     """Run an op with autocast disabled: it casts to float32 itself, and autocast would lower its matmuls."""
@@ -91,85 +94,68 @@ def chunk_gla(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
-    sub_chunk_size: int = 16,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise-parallel GLA: o [B, T, Hq, V] (v's dtype) and, if asked, the final state float32 [B, Hk, K, V].
 
-    The sequence is cut into chunks of `chunk_size` tokens (the last one zero-padded: padding has k = v = 0
-    and g = 0, so it changes neither earlier outputs nor the state). Per chunk: the state entering it is
-    applied to q scaled by its within-chunk cumulative decay (exponent <= 0); the states are passed between
-    chunks by a short scan over chunks. Inside a chunk, tokens interact through sub-chunks of
-    `sub_chunk_size`: between sub-chunks the decay is split at the end of the earlier sub-chunk so that both
-    factors have exponent <= 0; within a sub-chunk the decay is applied exactly, channel by channel. Nothing
-    is ever multiplied by exp(-cumsum(g)), so no overflow for any g <= 0 and any T.
+    The sequence is cut into chunks of `chunk_size` tokens (fewer for short inputs; the last chunk is
+    zero-padded: k = v = 0 and g = 0 change neither earlier outputs nor the state).
+
+    - Between chunks (exact, float32): each chunk's contribution to the state, k_s exp(b_C - b_s), and the
+      state entering each chunk, applied to q_t exp(b_t); b is the within-chunk cumulative log decay, so every
+      exponent is <= 0. The states are passed on by a short scan over chunks.
+    - Inside a chunk (one [C, C] matmul in float64): exp(b_t - b_s) = exp(b_t - r) exp(r - b_s) with r the
+      cumulative decay at the chunk's midpoint, per channel. Gates are floored at -GATE_FLOOR per step here,
+      so |b - r| <= C/2 * GATE_FLOOR = 672 fits float64's range (e^709) and nothing overflows for any g <= 0.
+      The floor changes only pairs of tokens separated by a step with g < -21, whose true weight is below
+      e^-21 = 8e-10; the result is exact to that.
+    Nothing is ever multiplied by exp(-cumsum(g)) over a whole sequence, so any T works.
     """
     G = check_gla_inputs(q, k, v, g, initial_state)
-    if chunk_size % sub_chunk_size:
-        raise ValueError("chunk_size must be a multiple of sub_chunk_size")
     B, T, Hq, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    C, c = chunk_size, sub_chunk_size
-    M = C // c
+    if chunk_size > 2 * MAX_SPAN // GATE_FLOOR:
+        raise ValueError(f"chunk_size must be <= {2 * MAX_SPAN // GATE_FLOOR}")
+    C = min(chunk_size, max(16, 1 << (T - 1).bit_length()))
     out_dtype = v.dtype
     pad = (-T) % C
     q, k, v, g = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
     N = (T + pad) // C
 
     # [B, Hk, N, (G,) C, D]
-    qc = q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5)
-    kc = k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4)
-    vc = v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4)
-    b = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).cumsum(-2)  # within-chunk cumulative log decay
-    b_last = b[..., -1, :]  # [B, Hk, N, K]
+    qc = _to(q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5), torch.float64)
+    kc = _to(k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4), torch.float64)
+    vc = _to(v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4), torch.float32)
+    b = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).double().clamp(min=-GATE_FLOOR).cumsum(-2)
+    r = b[..., C // 2 - 1 : C // 2, :]  # [B, Hk, N, 1, K]
+    b_last = b[..., -1:, :]
+    E = torch.exp(b - r)  # the only exp over all tokens
+    q_r = qc * E.unsqueeze(3)  # q_t exp(b_t - r)
+    k_r = kc / E  # k_s exp(r - b_s)
 
-    # Each chunk's own contribution to the state after it, then the scan over chunks.
-    k_to_end = kc * torch.exp(b_last.unsqueeze(-2) - b)
-    U = torch.matmul(k_to_end.transpose(-1, -2), vc)  # [B, Hk, N, K, V]
-    chunk_decay = b_last.exp().unsqueeze(-1)  # [B, Hk, N, K, 1]
+    # Inside chunks.
+    A = torch.matmul(q_r, k_r.unsqueeze(3).transpose(-1, -2))  # [B, Hk, N, G, C, C]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    A = A.masked_fill(~causal, 0.0).float()  # the masked half may hold inf: filled, never multiplied
+    o = torch.matmul(A, vc.unsqueeze(3))  # [B, Hk, N, G, C, V]
+
+    # Between chunks.
+    q_in = (q_r * r.exp().unsqueeze(3)).float()  # q_t exp(b_t)
+    k_out = (k_r * torch.exp(b_last - r)).float()  # k_s exp(b_C - b_s)
+    U = torch.matmul(k_out.transpose(-1, -2), vc)  # [B, Hk, N, K, V]
+    chunk_decay = b_last.exp().float().transpose(-1, -2)  # [B, Hk, N, K, 1]
     S = q.new_zeros(B, Hk, K, V) if initial_state is None else initial_state.float()
     entering = []
     for n in range(N):
         entering.append(S)
         S = chunk_decay[:, :, n] * S + U[:, :, n]
     S_in = torch.stack(entering, 2)  # [B, Hk, N, K, V]
+    o = o + torch.matmul(q_in.reshape(B, Hk, N, G * C, K), S_in).view(B, Hk, N, G, C, V)
 
-    # Inter-chunk: q_t exp(b_t) S_in.
-    q_dec = qc * b.unsqueeze(3).exp()
-    o = torch.matmul(q_dec.reshape(B, Hk, N, G * C, K), S_in)  # [B, Hk, N, G*C, V]
-
-    # Intra-chunk.
-    A = _intra_chunk_scores(qc, kc, b, M, c)  # [B, Hk, N, G, C, C]
-    o = o + torch.matmul(A, vc.unsqueeze(3)).reshape(B, Hk, N, G * C, V)
-
-    o = (o * scale).view(B, Hk, N, G, C, V).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]
+    o = (o * scale).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]
     return o.to(out_dtype), (S if output_final_state else None)
 
 
-def _intra_chunk_scores(qc: Tensor, kc: Tensor, b: Tensor, M: int, c: int) -> Tensor:
-    """A[t, s] = sum_k q_tk k_sk exp(b_tk - b_sk) for s <= t inside each chunk, 0 above the diagonal.
-
-    qc: [B, H, N, G, C, K]; kc, b: [B, H, N, C, K]; returns [B, H, N, G, C, C] with C = M * c.
-    """
-    B, H, N, G, C, K = qc.shape
-    qs = qc.reshape(B, H, N, G, M, c, K)
-    ks = kc.reshape(B, H, N, M, c, K)
-    bs = b.reshape(B, H, N, M, c, K)
-
-    # Within a sub-chunk: explicit per-channel decay, masked to s <= t before exp.
-    causal = torch.ones(c, c, dtype=torch.bool, device=qc.device).tril()
-    diff = (bs.unsqueeze(-2) - bs.unsqueeze(-3)).masked_fill(~causal[:, :, None], float("-inf"))
-    diag = torch.einsum("bhngmtk,bhnmsk,bhnmtsk->bhngmts", qs, ks, diff.exp())  # [B,H,N,G,M,c,c]
-
-    # Between sub-chunks i > j: split the decay at e_j, the end of sub-chunk j.
-    e = bs[..., -1, :]  # [B, H, N, M, K]
-    k_scaled = ks * torch.exp(e.unsqueeze(-2) - bs)  # exponent <= 0
-    # exponent b_{i,t} - e_j <= 0 for i > j; clamped where i <= j (those blocks are discarded below).
-    q_expo = (bs.unsqueeze(4) - e[:, :, :, None, :, None, :]).clamp(max=0)  # [B,H,N,M(i),M(j),c,K]
-    q_scaled = qs.unsqueeze(5) * q_expo.exp().unsqueeze(3)  # [B,H,N,G,M,M,c,K]
-    off = torch.matmul(q_scaled, k_scaled[:, :, :, None, None].transpose(-1, -2))  # [B,H,N,G,M,M,c,c]
-    lower = torch.ones(M, M, dtype=torch.bool, device=qc.device).tril(-1)
-    off = off * lower[:, :, None, None]
-    idx = torch.arange(M, device=qc.device)
-    off[:, :, :, :, idx, idx] = diag
-    return off.permute(0, 1, 2, 3, 4, 6, 5, 7).reshape(B, H, N, G, C, C)
+def _to(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of a (permuted) view in `dtype`, in one pass."""
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)

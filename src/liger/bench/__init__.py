@@ -1,0 +1,1 @@
+"""Benchmarks whose results go to docs/: each writes JSON and a markdown table to a folder."""

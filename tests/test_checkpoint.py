@@ -71,3 +71,15 @@ def test_corrupted_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(liger.CheckpointError, match="cannot load the weights"):
         liger.from_pretrained(tmp_path)
+
+
+def test_roundtrip_keeps_mixer_parameters(tmp_path):
+    model = liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer="lolcats", window=8))
+    with torch.no_grad():
+        for p in (p for n, p in model.named_parameters() if ".core." in n):
+            p.add_(torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    loaded = liger.from_pretrained(tmp_path)
+    ids = torch.randint(0, 128, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

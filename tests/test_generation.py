@@ -120,3 +120,33 @@ def test_generate_sampling_and_explicit_cache():
     torch.manual_seed(0)
     b = model.generate(ids, past_key_values=liger.LigerCache(model), **kw)
     assert a.shape == (2, 27) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("window", [0, 8])
+def test_lolcats_prefill_decode_and_left_padding(arch, window):
+    """LoLCATs (trained-looking feature maps and window factors): incremental == full forward == each
+    sequence alone. Its feature maps see RoPE'd q/k, so positions follow the mask, as generate() does."""
+    model = liger.linearize(tiny_model(arch), liger.LigerConfig(mixer="lolcats", window=window, softmax_layers=(1,)))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for core in (m for m in model.modules() if hasattr(m, "window_factor")):
+            core.window_factor.normal_(generator=gen)
+            core.feature_map_q.weight.add_(0.3 * torch.randn(core.feature_map_q.weight.shape, generator=gen))
+    ids = torch.randint(1, 128, (3, 60), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :5], mask[2, :17] = 0, 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, position_ids=pos).logits
+        out = model(ids[:, :20], attention_mask=mask[:, :20], position_ids=pos[:, :20], use_cache=True)
+        cache, parts = out.past_key_values, [out.logits]
+        for a, b in [(20, 21), (21, 30)] + [(t, t + 1) for t in range(30, 60)]:
+            out = model(ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b], past_key_values=cache,
+                        use_cache=True)
+            parts.append(out.logits)
+        inc = torch.cat(parts, 1)
+        alone = model(ids[2:3, 17:]).logits[0]
+    real = mask.bool()
+    assert (inc - full)[real].abs().max().item() <= ATOL
+    assert (full[2, 17:] - alone).abs().max().item() <= ATOL

@@ -100,3 +100,34 @@ def test_gradients_reach_the_reused_projections():
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         grad = getattr(model.model.layers[0].self_attn, name).weight.grad
         assert grad is not None and grad.abs().sum() > 0
+
+
+def test_lolcats_adds_only_feature_maps_and_window_factors():
+    model = tiny_model("llama")
+    n0 = sum(p.numel() for p in model.parameters())
+    liger.linearize(model, liger.LigerConfig(mixer="lolcats"))
+    added = {n: p.numel() for n, p in model.named_parameters() if ".core." in n}
+    per_layer = 4 * 16 * 16 + 2 * 16 * 16 + 4  # q maps (4 heads), k maps (2 kv heads), window factors
+    assert sum(added.values()) == 3 * per_layer
+    assert sum(p.numel() for p in model.parameters()) == n0 + 3 * per_layer
+
+
+def test_feature_map_must_match_mixer():
+    with pytest.raises(liger.ConfigError, match="does not go with mixer"):
+        liger.LigerConfig(mixer="gla", feature_map="hedgehog")
+    assert liger.LigerConfig(mixer="lolcats").feature_map == "hedgehog"
+
+
+def test_transfer_mode_outputs_softmax_attention_and_records_error():
+    from liger.train.recipes import transfer_mode
+
+    base = tiny_model("llama")
+    with torch.no_grad():
+        ref = base(torch.arange(1, 41)[None]).logits
+    model = liger.linearize(base, liger.LigerConfig(mixer="lolcats", window=8))
+    transfer_mode(model, True)
+    with torch.no_grad():
+        out = model(torch.arange(1, 41)[None]).logits
+    assert (out - ref).abs().max() < 1e-4  # every layer passes the teacher's attention on
+    losses = [m.transfer_loss for m in model.modules() if hasattr(m, "transfer_loss")]
+    assert len(losses) == 3 and all(float(x) > 0 for x in losses)

@@ -33,9 +33,10 @@ def is_liger_checkpoint(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target` (keeping files of the old
-    folder that the new one does not write, such as a tokenizer), on error it is removed.
+def atomic_output_dir(target: str | os.PathLike, keep_other_files: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` (keeping, if
+    `keep_other_files`, files of the old folder that the new one does not write, such as a tokenizer), on
+    error it is removed.
 
     Refuses to replace a folder holding a model that is not a liger checkpoint."""
     target = Path(target).expanduser().absolute()
@@ -52,7 +53,7 @@ def atomic_output_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if target.is_dir():
-            for old in target.iterdir():
+            for old in target.iterdir() if keep_other_files else ():
                 if not _is_model_file(old.name) and not (tmp / old.name).exists():
                     (shutil.copytree if old.is_dir() else shutil.copy2)(old, tmp / old.name)
             trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -64,6 +65,28 @@ def atomic_output_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_mixer_parameters(model: torch.nn.Module, path: Path) -> None:
+    """Load the tensors that mixers add (feature maps, window factors): transformers' loader does not know
+    them, so they are read from the checkpoint's safetensors files after `linearize` has created them."""
+    from safetensors import safe_open
+
+    own = {n: p for n, p in model.named_parameters() if ".core." in n}
+    if not own:
+        return
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    found: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            found.update({k: f.get_tensor(k) for k in f.keys() if k in own})
+    missing = sorted(set(own) - set(found))
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} mixer tensors (e.g. {missing[0]}); the checkpoint is incomplete")
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(found[n])
 
 
 def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, **kwargs) -> torch.nn.Module:
@@ -94,4 +117,10 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     except Exception as e:  # transformers/safetensors raise many types for unreadable weights
         raise CheckpointError(f"cannot load the weights in {path}: {e}") from e
     del model.config.liger
-    return linearize(model, lcfg)
+    model = linearize(model, lcfg)
+    _load_mixer_parameters(model, path)
+    if (path / "adapter" / "adapter_config.json").is_file():  # saved with --no-merge
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path / "adapter")
+    return model

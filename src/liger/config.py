@@ -8,20 +8,23 @@ from typing import Any
 
 from .errors import ConfigError
 
-MIXERS = ("gla",)
-FEATURE_MAPS = ("softmax",)
+MIXERS = ("gla", "lolcats")
+# Feature maps each mixer supports; the first is its default.
+FEATURE_MAPS = {"gla": ("softmax",), "lolcats": ("hedgehog",)}
 
 
 @dataclass
 class LigerConfig:
     """How each softmax attention is replaced.
 
-    mixer: the gated linear recurrence ("gla": per-key-channel decay, Liger-GLA).
+    mixer: "gla" (Liger-GLA: per-key-channel decay, no new parameters) or "lolcats" (Hedgehog feature
+        maps, window and linear attention sharing one normaliser; trainable maps and window factors).
     window: sliding-window softmax branch length in tokens (each query sees itself and the `window - 1`
         tokens before it); 0 disables the branch (pure gated linear attention).
     mix: (window weight, linear weight); Liger Attention uses (0.5, 0.5).
     gate_normalizer: g = logsigmoid(k) / gate_normalizer (natural-log decay per step, <= 0).
-    feature_map: applied to q and k of the linear branch ("softmax": softmax over the head dimension).
+    feature_map: applied to q and k of the linear branch; None picks the mixer's own ("softmax" over the
+        head dimension for gla, "hedgehog" for lolcats).
     softmax_layers: indices of layers kept as the original softmax attention (inter-layer hybrid).
     """
 
@@ -29,14 +32,19 @@ class LigerConfig:
     window: int = 64
     mix: tuple[float, float] = (0.5, 0.5)
     gate_normalizer: float = 16.0
-    feature_map: str = "softmax"
+    feature_map: str | None = None
     softmax_layers: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ConfigError(f"unknown mixer {self.mixer!r}; choose one of {', '.join(MIXERS)}")
-        if self.feature_map not in FEATURE_MAPS:
-            raise ConfigError(f"unknown feature_map {self.feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}")
+        maps = FEATURE_MAPS[self.mixer]
+        if self.feature_map is None:
+            self.feature_map = maps[0]
+        if self.feature_map not in maps:
+            raise ConfigError(
+                f"feature_map {self.feature_map!r} does not go with mixer {self.mixer!r}; it supports {', '.join(maps)}"
+            )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(
                 f"window must be a whole number of tokens >= 0 (0 disables the window branch), got {self.window!r}"

@@ -25,7 +25,6 @@ from torch import nn
 from ..arch import ArchSpec
 from ..cache import liger_layer
 from ..config import LigerConfig
-from ..ops import chunk_gla, fused_recurrent_gla, roll_window, window_attention
 
 Tensor = torch.Tensor
 
@@ -47,6 +46,20 @@ class LigerAttention(nn.Module):
         self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
         self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.is_causal = True
+        from .cores import build_core
+
+        self.core = build_core(config, self.num_heads, self.num_kv_heads, self.head_dim)
+        # Attention transfer (LoLCATs stage 1): output the softmax attention, record the mixer's MSE to it.
+        self.transfer = False
+        self.transfer_loss: Tensor | None = None
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        """Parameters the mixer adds to the host's (feature maps, window factors); none for Liger."""
+        return list(self.core.parameters())
+
+    def rope(self, q: Tensor, k: Tensor, position_embeddings) -> tuple[Tensor, Tensor]:
+        cos, sin = position_embeddings
+        return self.apply_rope(q, k, cos, sin, unsqueeze_dim=2)
 
     def extra_repr(self) -> str:
         c = self.liger
@@ -65,19 +78,6 @@ class LigerAttention(nn.Module):
             k = getattr(self, s.k_norm)(k)
         return q, k, v
 
-    def linear_branch(
-        self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: Tensor | None, want_state: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """Gated linear attention with Liger's feature map and key-derived gate."""
-        qf = torch.softmax(q.float(), -1)
-        kf = torch.softmax(k.float(), -1)
-        g = F.logsigmoid(k.float()) / self.liger.gate_normalizer
-        if valid is not None:
-            m = valid[:, :, None, None].to(kf.dtype)
-            kf, g = kf * m, g * m
-        op = fused_recurrent_gla if (want_state and q.shape[1] == 1) else chunk_gla
-        return op(qf, kf, v, g, scale=1.0, initial_state=state, output_final_state=want_state)
-
     def forward(
         self,
         hidden_states: Tensor,
@@ -91,22 +91,20 @@ class LigerAttention(nn.Module):
         q, k, v = self.project(hidden_states)
         valid = None if liger_valid is None else liger_valid[:, -T:]
         cache = liger_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
-
-        o, state = self.linear_branch(
-            q, k, v, valid, cache.state if cache is not None else None, want_state=cache is not None
-        )
-        window = None
-        W = self.liger.window
-        if W > 0:
-            cos, sin = position_embeddings
-            qr, kr = self.apply_rope(q, k, cos, sin, unsqueeze_dim=2)
-            past = cache.window if cache is not None else None
-            o_win = window_attention(qr, kr, v, W, scale=self.scaling, key_valid=valid, past=past)
-            a, b = self.liger.mix
-            o = a * o_win + b * o
-            if cache is not None:
-                window = roll_window(past, kr.detach(), v.detach(), valid, W)
-        if cache is not None:
-            cache.store(state.detach(), window, T)
+        o = self.core(self, q, k, v, position_embeddings, valid, cache)
+        if self.transfer:
+            target = self.softmax_attention(q, k, v, position_embeddings)
+            self.transfer_loss = F.mse_loss(o.float(), target.float())
+            o = target
         o = o.reshape(B, T, -1).to(hidden_states.dtype)
         return getattr(self, self.spec.o_proj)(o), None
+
+    def softmax_attention(self, q: Tensor, k: Tensor, v: Tensor, position_embeddings) -> Tensor:
+        """The host's causal softmax attention (RoPE, its scaling), no grad: [B, T, Hq, D]."""
+        with torch.no_grad():
+            qr, kr = self.rope(q, k, position_embeddings)
+            o = F.scaled_dot_product_attention(
+                qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                scale=self.scaling, enable_gqa=True,
+            )
+        return o.transpose(1, 2)

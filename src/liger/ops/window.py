@@ -17,7 +17,6 @@ from .gla import float32_op
 Tensor = torch.Tensor
 
 
-@float32_op
 def window_attention(
     q: Tensor,
     k: Tensor,
@@ -28,13 +27,31 @@ def window_attention(
     past: tuple[Tensor, Tensor, Tensor] | None = None,
     block_size: int | None = None,
 ) -> Tensor:
-    """Sliding-window attention of the T new queries over `past` plus the T new keys.
+    """Sliding-window attention of the T new queries over `past` plus the T new keys: [B, T, Hq, D].
 
     past: (k [B, L, Hk, D], v [B, L, Hk, D], valid bool [B, L]) for the L <= window - 1 tokens before the new
         ones (as kept by `roll_window`), or None at the start of a sequence.
     Queries are processed in blocks of `block_size` (default min(T, window)); block n attends to its own
     keys plus the `window - 1` before it, so scores are [block, block + window - 1], never [T, T].
     """
+    num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size)
+    return (num / den.clamp_min(1e-30)).to(v.dtype)
+
+
+@float32_op
+def window_attention_parts(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    scale: float | None = None,
+    key_valid: Tensor | None = None,
+    past: tuple[Tensor, Tensor, Tensor] | None = None,
+    block_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Unnormalised window attention, float32: num = sum_s exp(s_ts - m_t) v_s [B, T, Hq, D] and
+    den = sum_s exp(s_ts - m_t) [B, T, Hq, 1], with m_t the largest score in query t's window (0 if it has
+    no valid key). `window_attention` is num / den; LoLCATs adds its linear terms to both first."""
     B, T, Hq, D = q.shape
     Hk = k.shape[2]
     G = Hq // Hk
@@ -75,9 +92,9 @@ def window_attention(
     m = s.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     p = torch.exp(s - m)
-    denom = p.sum(-1, keepdim=True)
-    o = torch.einsum("bnhgpj,bnhdj->bnphgd", p / denom.clamp_min(1e-30), vb)
-    return o.reshape(B, N * P, Hq, -1)[:, :T].to(v.dtype)
+    den = p.sum(-1).permute(0, 1, 4, 2, 3).reshape(B, N * P, Hq, 1)[:, :T]
+    num = torch.einsum("bnhgpj,bnhdj->bnphgd", p, vb).reshape(B, N * P, Hq, -1)[:, :T]
+    return num, den
 
 
 def roll_window(

@@ -1,0 +1,1 @@
+"""Training: the resumable loop, the recipes (liger, lolcats, distillation) and the `linearize` job."""

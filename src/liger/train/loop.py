@@ -1,0 +1,318 @@
+"""A small, resumable training loop: AdamW, warmup + cosine schedule, gradient accumulation and clipping,
+token/step/time budgets, bf16 autocast, a progress bar, a JSONL log and atomic checkpoints.
+
+Resuming restores the exact state: the trainable tensors, the optimizer and scheduler, the position in
+the (seeded) data order and the RNG, so a run killed after step k and resumed ends with the same weights
+as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_output_dir
+from ..errors import CheckpointError, ConfigError
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one training stage."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr) or "constant", after linear warmup
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    batch_size: int = 1  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip: float = 1.0
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_minutes: float | None = None
+    precision: str = "bf16"  # "bf16" (autocast) or "fp32"
+    checkpoint_every: int = 25  # optimizer steps; 0 = only at the end of the stage
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("max_steps", "max_tokens", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+    def total_steps(self, seq_len: int) -> int:
+        """Optimizer steps the token/step budgets allow (the time budget may stop earlier)."""
+        per_step = self.batch_size * self.grad_accum * seq_len
+        limits = [self.max_steps or math.inf, math.ceil(self.max_tokens / per_step) if self.max_tokens else math.inf]
+        steps = min(limits)
+        if steps == math.inf:
+            if self.max_minutes is None:
+                raise ConfigError("give a budget: --max-tokens, --max-steps or --max-minutes")
+            return 10**9  # time-bounded: the schedule then stays constant after warmup
+        return int(steps)
+
+
+class DataOrder:
+    """Seeded order over the rows of a [N, L] block tensor, epoch after epoch; `position` counts rows served."""
+
+    def __init__(self, blocks: Tensor, seed: int, position: int = 0) -> None:
+        if blocks.dim() != 2 or blocks.shape[0] == 0:
+            raise ConfigError("training data must be a non-empty [N, L] tensor of token blocks")
+        self.blocks, self.seed, self.position = blocks, seed, position
+        self._epoch, self._order = -1, None
+
+    def _row(self, p: int) -> int:
+        n = self.blocks.shape[0]
+        epoch = p // n
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(n, generator=gen)
+        return int(self._order[p % n])
+
+    def next(self, batch_size: int) -> Tensor:
+        rows = [self._row(self.position + i) for i in range(batch_size)]
+        self.position += batch_size
+        return self.blocks[rows]
+
+    @property
+    def epochs(self) -> float:
+        return self.position / self.blocks.shape[0]
+
+
+def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant" or total >= 10**9:
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+LossFn = Callable[[nn.Module, Tensor], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class StageResult:
+    steps: int
+    tokens: int
+    seconds: float
+    stopped_by: str  # "budget" | "time"
+    final_loss: float | None
+
+
+class Trainer:
+    """Trains `params` (named trainable tensors of `model`) on `blocks` with `loss_fn(model, batch)`.
+
+    Checkpoints go to `work_dir/checkpoint` (atomic); `log` is appended to `work_dir/train_log.jsonl`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: dict[str, nn.Parameter],
+        blocks: Tensor,
+        loss_fn: LossFn,
+        cfg: TrainConfig,
+        work_dir: str | os.PathLike,
+        stage: str,
+        fingerprint: dict,
+        show_progress: bool = True,
+    ) -> None:
+        if not params:
+            raise ConfigError(f"stage {stage!r} has no trainable parameters")
+        self.model, self.params, self.loss_fn, self.cfg = model, params, loss_fn, cfg
+        self.work_dir, self.stage, self.fingerprint = Path(work_dir), stage, fingerprint
+        self.seq_len = blocks.shape[1]
+        self.data = DataOrder(blocks, cfg.seed)
+        self.total = cfg.total_steps(self.seq_len)
+        decay = [p for n, p in params.items() if p.dim() >= 2]
+        no_decay = [p for n, p in params.items() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.show_progress = show_progress
+        self.on_step: Callable[[int], None] | None = None  # test hook, called after each step's checkpoint
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.work_dir / "checkpoint"
+
+    def save_checkpoint(self, done: bool = False) -> None:
+        state = {
+            "stage": self.stage,
+            "done": done,
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed,
+            "position": self.data.position,
+            "fingerprint": self.fingerprint,
+            "train_config": asdict(self.cfg),
+        }
+        with atomic_output_dir(self.ckpt_dir, keep_other_files=False) as tmp:
+            save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "trainable.safetensors"))
+            torch.save(
+                {
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(),
+                },
+                tmp / "optimizer.pt",
+            )
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+    def load_checkpoint(self) -> bool:
+        """Restore this stage from `work_dir/checkpoint`; False if the checkpoint is of an earlier stage."""
+        state = read_checkpoint_state(self.work_dir)
+        if state is None:
+            return False
+        if state["fingerprint"] != self.fingerprint:
+            raise CheckpointError(
+                f"the checkpoint in {self.ckpt_dir} was made with different settings "
+                f"({_diff(state['fingerprint'], self.fingerprint)}); rerun with the same flags, or without --resume "
+                "to start over"
+            )
+        if state["stage"] != self.stage:
+            return False
+        tensors = load_file(str(self.ckpt_dir / "trainable.safetensors"))
+        if tensors.keys() != self.params.keys():
+            raise CheckpointError(f"{self.ckpt_dir} does not hold this stage's trainable tensors; start over")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(tensors[n])
+        extra = torch.load(self.ckpt_dir / "optimizer.pt", weights_only=False)
+        self.opt.load_state_dict(extra["optimizer"])
+        self.sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        random.setstate(extra["python_rng"])
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.data.position = state["position"]
+        self._truncate_log()
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop log records of steps after the checkpoint (they will be trained again)."""
+        log_path = self.work_dir / "train_log.jsonl"
+        if not log_path.is_file():
+            return
+        keep = [
+            line for line in log_path.read_text().splitlines()
+            if line.strip() and not (json.loads(line)["stage"] == self.stage and json.loads(line)["step"] > self.step)
+        ]
+        tmp = log_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, log_path)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def _autocast(self):
+        dev = next(iter(self.params.values())).device.type
+        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def batches(self) -> Iterator[Tensor]:
+        while True:
+            yield self.data.next(self.cfg.batch_size)
+
+    def run(self, done: bool = False) -> StageResult:
+        """Train until a budget is spent; returns what was done. `done` (from a resumed finished stage)
+        skips straight to the result."""
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.seq_len
+        deadline = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        log_path = self.work_dir / "train_log.jsonl"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stopped_by, last_loss = "budget", None
+        bar = None
+        if not done and self.step < self.total:
+            bar_total = self.total if self.total < 10**9 else None
+            bar = tqdm(total=bar_total, initial=self.step, desc=f"train {self.stage}", unit="step",
+                       disable=not self.show_progress, dynamic_ncols=True)
+        self.model.train()
+        while not done and self.step < self.total:
+            if self.elapsed >= deadline:
+                stopped_by = "time"
+                break
+            t0 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = self.data.next(cfg.batch_size)
+                with self._autocast():
+                    loss, parts = self.loss_fn(self.model, batch)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                for key, value in parts.items():
+                    metrics[key] = metrics.get(key, 0.0) + value / cfg.grad_accum
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(
+                    f"loss became {loss_sum} at step {self.step + 1}; lower the learning rate (--lr) or use --precision fp32"
+                )
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.clip)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.tokens += tokens_per_step
+            self.elapsed += dt
+            last_loss = loss_sum
+            record = {
+                "stage": self.stage, "step": self.step, "tokens": self.tokens, "loss": loss_sum,
+                "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": self.elapsed,
+                "tokens_per_s": tokens_per_step / dt, "epoch": round(self.data.epochs, 4), **metrics,
+            }
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step / dt:.0f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                self.save_checkpoint()
+            if self.on_step is not None:
+                self.on_step(self.step)
+        if bar is not None:
+            bar.close()
+        self.model.eval()
+        if not done:
+            self.save_checkpoint(done=True)
+        return StageResult(self.step, self.tokens, self.elapsed, stopped_by, last_loss)
+
+
+def read_checkpoint_state(work_dir: str | os.PathLike) -> dict | None:
+    path = Path(work_dir) / "checkpoint" / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise CheckpointError(f"{path} is corrupted; delete {path.parent} to start over") from None
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:5])

@@ -1,0 +1,106 @@
+"""Training recipes: which tensors train in which stage, on which objective.
+
+- `liger` (Lan et al. 2025): LoRA r=8 on q/k/v, next-token cross-entropy, lr 1e-3.
+- `lolcats` (Zhang et al. 2024): stage 1 attention transfer (only the Hedgehog feature maps and window
+  factors train; each layer's output before o_proj is fit to the softmax attention's by MSE, every layer
+  fed the teacher's inputs), stage 2 LoRA r=8 on q/k/v/o with cross-entropy.
+Any recipe's cross-entropy stages can add a KL term to the teacher (`distill_weight`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..mixers import LigerAttention
+from .losses import DistillLoss, attention_transfer_loss, next_token_loss
+from .loop import LossFn
+
+RECIPES = ("liger", "lolcats")
+
+
+@dataclass
+class Stage:
+    name: str
+    lr: float
+    prepare: Callable[[nn.Module], nn.Module]  # make the stage's tensors trainable; may wrap the model
+    loss: LossFn
+    finish: Callable[[nn.Module], nn.Module] = field(default=lambda m: m)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) -> nn.Module:
+    """Wrap `model` with peft LoRA adapters on the modules named `targets` (only those train)."""
+    from peft import LoraConfig, get_peft_model
+
+    freeze(model)
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def transfer_mode(model: nn.Module, on: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, LigerAttention):
+            m.transfer = on
+            m.transfer_loss = None
+
+
+def _attention_transfer_prepare(model: nn.Module) -> nn.Module:
+    freeze(model)
+    params = [p for m in model.modules() if isinstance(m, LigerAttention) for p in m.own_parameters()]
+    if not params:
+        raise ConfigError("attention transfer needs a mixer with trainable feature maps (--mixer lolcats)")
+    for p in params:
+        p.requires_grad_(True)
+    transfer_mode(model, True)
+    return model
+
+
+def _attention_transfer_finish(model: nn.Module) -> nn.Module:
+    transfer_mode(model, False)
+    freeze(model)
+    return model
+
+
+def build_stages(recipe: str, teacher: nn.Module | None, distill_weight: float, lr: float | None,
+                 transfer_lr: float | None = None, lora_r: int = 8) -> list[Stage]:
+    """The stages of `recipe`; `teacher` (frozen original model) is needed only when distill_weight > 0."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    ce: LossFn = DistillLoss(teacher, distill_weight) if distill_weight > 0 else next_token_loss
+
+    def lora(targets: list[str], default_lr: float) -> Stage:
+        return Stage(
+            name="lora",
+            lr=lr or default_lr,
+            prepare=lambda m: add_lora(m, targets, r=lora_r, alpha=2 * lora_r),
+            loss=ce,
+            finish=merge_lora,
+        )
+
+    if recipe == "liger":
+        return [lora(["q_proj", "k_proj", "v_proj"], 1e-3)]
+    return [
+        Stage("attention_transfer", transfer_lr or 1e-2, _attention_transfer_prepare, attention_transfer_loss,
+              _attention_transfer_finish),
+        lora(["q_proj", "k_proj", "v_proj", "o_proj"], 1e-3),
+    ]
+
+
+def count_parameters(params: dict[str, torch.Tensor]) -> int:
+    return sum(p.numel() for p in params.values())

@@ -1,0 +1,66 @@
+"""report.md and the loss-curve PNG of a `liger linearize` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def loss_plot(log_path: str | Path, png_path: str | Path) -> None:
+    """Training loss against tokens, one line per stage, from a train_log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        rs = [r for r in records if r["stage"] == stage]
+        ax.plot([r["tokens"] for r in rs], [r["loss"] for r in rs], lw=1, alpha=0.5, label="per step")
+        k = max(1, len(rs) // 20)
+        if len(rs) > k:
+            smooth = [sum(r["loss"] for r in rs[max(0, i - k + 1) : i + 1]) / len(rs[max(0, i - k + 1) : i + 1])
+                      for i in range(len(rs))]
+            ax.plot([r["tokens"] for r in rs], smooth, lw=2, label=f"mean of {k}")
+        ax.set_xlabel("tokens trained")
+        ax.set_ylabel("loss" + (" (MSE, sum over layers)" if stage == "attention_transfer" else " (cross-entropy)"))
+        ax.set_title(f"stage: {stage}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def report_markdown(r: dict, has_plot: bool) -> str:
+    lines = [
+        f"# liger linearize: {r['model']}",
+        "",
+        f"{r['date']} on {r['machine']}",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        "| | held-out perplexity | vs. teacher |",
+        "|---|---|---|",
+        f"| teacher | {r['teacher_ppl']:.2f} | 1.00 |",
+        f"| converted, before training | {r['converted_ppl']:,.1f} | {r['converted_ppl'] / r['teacher_ppl']:,.1f} |",
+        f"| linearized, after training | {r['student_ppl']:.2f} | {r['ratio']:.3f} |",
+        "",
+        f"- recipe: `{r['recipe']}`, mixer: `{r['liger']}`" + (f", distill KL weight {r['distill_weight']}" if r["distill_weight"] else ""),
+        f"- data: {r['data']}; {r['seq_len']}-token blocks; held-out: {r['heldout_tokens']:,} tokens",
+        f"- tokens trained: {r['tokens_trained']:,}; training time {r['train_seconds'] / 60:.1f} min; "
+        f"whole run {r['wall_seconds'] / 60:.1f} min",
+        f"- trainable parameters: {r['trainable_parameters']:,}",
+        "",
+        "| stage | steps | tokens | minutes | lr | stopped by | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in r["stages"]:
+        loss = "" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
+        lines.append(f"| {s['stage']} | {s['steps']} | {s['tokens']:,} | {s['seconds'] / 60:.1f} | {s['lr']:g} | "
+                     f"{s['stopped_by']} | {loss} |")
+    if has_plot:
+        lines += ["", "![loss curve](loss.png)"]
+    return "\n".join(lines) + "\n"

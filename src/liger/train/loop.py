@@ -1,7 +1,8 @@
-"""A small, resumable training loop: AdamW, warmup + cosine schedule, gradient accumulation and clipping,
-token/step/time budgets, bf16 autocast, a progress bar, a JSONL log and atomic checkpoints.
+"""A small, resumable training loop: AdamW, warmup + cosine schedule (over the step or the time budget),
+gradient accumulation and clipping, token/step/time budgets, bf16 autocast, a progress bar, a JSONL log
+and atomic checkpoints.
 
-Resuming restores the exact state: the trainable tensors, the optimizer and scheduler, the position in
+Resuming restores the exact state: the trainable tensors, the optimizer, the position in
 the (seeded) data order and the RNG, so a run killed after step k and resumed ends with the same weights
 as an uninterrupted run.
 """
@@ -70,7 +71,7 @@ class TrainConfig:
         if steps == math.inf:
             if self.max_minutes is None:
                 raise ConfigError("give a budget: --max-tokens, --max-steps or --max-minutes")
-            return 10**9  # time-bounded: the schedule then stays constant after warmup
+            return 10**9  # time-bounded: the schedule follows the elapsed time
         return int(steps)
 
 
@@ -101,16 +102,18 @@ class DataOrder:
         return self.position / self.blocks.shape[0]
 
 
-def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant" or total >= 10**9:
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+def lr_factor(cfg: TrainConfig, step: int, total: int, elapsed: float = 0.0) -> float:
+    """Multiplier of cfg.lr for optimizer step `step` (0-based): linear warmup, then cosine down to
+    min_lr_ratio over whichever budget is spent first (steps, or the time budget after `elapsed` seconds)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps) if total < 10**9 else 0.0
+    if cfg.max_minutes:
+        progress = max(progress, elapsed / (cfg.max_minutes * 60))
+    progress = min(1.0, progress)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 LossFn = Callable[[nn.Module, Tensor], tuple[Tensor, dict[str, float]]]
@@ -153,7 +156,6 @@ class Trainer:
         no_decay = [p for n, p in params.items() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.show_progress = show_progress
         self.on_step: Callable[[int], None] | None = None  # test hook, called after each step's checkpoint
@@ -179,7 +181,6 @@ class Trainer:
             torch.save(
                 {
                     "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate(),
                 },
@@ -208,7 +209,6 @@ class Trainer:
                 p.copy_(tensors[n])
         extra = torch.load(self.ckpt_dir / "optimizer.pt", weights_only=False)
         self.opt.load_state_dict(extra["optimizer"])
-        self.sched.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])
         random.setstate(extra["python_rng"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
@@ -258,6 +258,9 @@ class Trainer:
                 stopped_by = "time"
                 break
             t0 = time.perf_counter()
+            lr = cfg.lr * lr_factor(cfg, self.step, self.total, self.elapsed)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
             metrics: dict[str, float] = {}
             loss_sum = 0.0
             for _ in range(cfg.grad_accum):
@@ -274,7 +277,6 @@ class Trainer:
                 )
             grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.clip)
             self.opt.step()
-            self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             self.step += 1
@@ -283,7 +285,7 @@ class Trainer:
             last_loss = loss_sum
             record = {
                 "stage": self.stage, "step": self.step, "tokens": self.tokens, "loss": loss_sum,
-                "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": self.elapsed,
+                "lr": lr, "grad_norm": float(grad_norm), "seconds": self.elapsed,
                 "tokens_per_s": tokens_per_step / dt, "epoch": round(self.data.epochs, 4), **metrics,
             }
             with log_path.open("a") as f:

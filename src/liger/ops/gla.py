@@ -22,6 +22,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .backend import fla_gla, use_fla
+
 Tensor = torch.Tensor
 
 GATE_FLOOR = 21  # per-step log decay floor inside a chunk (see chunk_gla)
@@ -70,6 +72,8 @@ def fused_recurrent_gla(
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token GLA (the decode path). Same signature and result as `chunk_gla`; O(T) sequential steps."""
     G = check_gla_inputs(q, k, v, g, initial_state)
+    if use_fla(q):
+        return fla_gla("recurrent", q, k, v, g, scale, initial_state, output_final_state)
     B, T, Hq, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
@@ -109,8 +113,11 @@ def chunk_gla(
       The floor changes only pairs of tokens separated by a step with g < -21, whose true weight is below
       e^-21 = 8e-10; the result is exact to that.
     Nothing is ever multiplied by exp(-cumsum(g)) over a whole sequence, so any T works.
+    On CUDA with flash-linear-attention installed, its Triton kernel runs instead (liger.ops.backend).
     """
     G = check_gla_inputs(q, k, v, g, initial_state)
+    if use_fla(q):
+        return fla_gla("chunk", q, k, v, g, scale, initial_state, output_final_state)
     B, T, Hq, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale

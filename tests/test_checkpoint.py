@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import ARCHS, MORE_ARCHS, tiny_model
 
 import liger
 from liger.checkpoint import atomic_output_dir
@@ -81,5 +81,15 @@ def test_roundtrip_keeps_mixer_parameters(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = liger.from_pretrained(tmp_path)
     ids = torch.randint(0, 128, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
+def test_roundtrip_every_architecture(arch, tmp_path):
+    model = liger.linearize(tiny_model(arch), liger.LigerConfig(window=8, softmax_layers=[0]))
+    model.save_pretrained(tmp_path)
+    loaded = liger.from_pretrained(tmp_path)
+    ids = torch.randint(1, 128, (1, 30))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, MORE_ARCHS, tiny_model
 
 import liger
 from liger.cache import LigerLayerCache, cache_footprint
@@ -20,7 +20,7 @@ def incremental_logits(model, ids, mask, prefill):
     return torch.cat(logits, 1), cache
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
 @pytest.mark.parametrize("softmax_layers", [(), (1,)], ids=["all_linear", "hybrid"])
 def test_prefill_then_decode_equals_full_forward(arch, softmax_layers):
     model = liger.linearize(tiny_model(arch), liger.LigerConfig(window=64, softmax_layers=softmax_layers))
@@ -34,7 +34,7 @@ def test_prefill_then_decode_equals_full_forward(arch, softmax_layers):
     assert kinds.count("LigerLayerCache") == 3 - len(softmax_layers)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
 def test_left_padded_batch(arch):
     """A batch of 3 with different left-padding lengths: incremental == full forward on the batch ==
     each sequence alone without padding."""

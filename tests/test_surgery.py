@@ -3,13 +3,13 @@
 import pytest
 import torch
 import transformers
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, MORE_ARCHS, tiny_model
 
 import liger
 from liger.mixers import LigerAttention
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
 def test_reuses_weights_without_new_parameters(arch):
     model = tiny_model(arch)
     before = {n: p for n, p in model.named_parameters()}
@@ -20,6 +20,8 @@ def test_reuses_weights_without_new_parameters(arch):
     assert after.keys() == before.keys()  # same state-dict names (LoRA targets, checkpoints)
     assert all(after[n] is before[n] for n in before)  # the same tensors: nothing copied
     assert all(isinstance(layer.self_attn, LigerAttention) for layer in model.model.layers)
+    mlp_types = {type(layer.mlp) for layer in model.model.layers}
+    assert mlp_types == {type(tiny_model(arch).model.layers[0].mlp)}  # MoE / MLP blocks untouched
     assert isinstance(model, type(tiny_model(arch)))  # still the host class
     assert model.config.liger["mixer"] == "gla"
 
@@ -58,7 +60,7 @@ def test_window_zero_is_pure_gla():
 
 def test_unsupported_architecture():
     cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64)
-    with pytest.raises(liger.UnsupportedModelError, match=r"'gpt2'.*llama.*mistral.*qwen2.*qwen3"):
+    with pytest.raises(liger.UnsupportedModelError, match=r"'gpt2'.*gemma2.*gemma3_text.*llama.*mistral.*mixtral.*phi3.*qwen2.*qwen3.*qwen3_moe"):
         liger.linearize(transformers.GPT2LMHeadModel(cfg))
 
 
@@ -131,3 +133,26 @@ def test_transfer_mode_outputs_softmax_attention_and_records_error():
     assert (out - ref).abs().max() < 1e-4  # every layer passes the teacher's attention on
     losses = [m.transfer_loss for m in model.modules() if hasattr(m, "transfer_loss")]
     assert len(losses) == 3 and all(float(x) > 0 for x in losses)
+
+
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
+def test_transfer_mode_reproduces_the_host_attention(arch):
+    """In transfer mode every mixer passes on its host's own softmax attention (RoPE incl. partial, scaling,
+    soft-capping, sliding windows, q/k norms, fused qkv): the model must equal the original."""
+    from liger.train.recipes import transfer_mode
+
+    base = tiny_model(arch)
+    ids = torch.arange(1, 41)[None]
+    with torch.no_grad():
+        ref = base(ids).logits
+    model = liger.linearize(base, liger.LigerConfig(window=8))
+    transfer_mode(model, True)
+    with torch.no_grad():
+        assert (model(ids).logits - ref).abs().max() < 1e-4
+
+
+def test_lora_targets_follow_the_table():
+    from liger.arch import ARCHITECTURES
+
+    assert ARCHITECTURES["llama"].lora_targets("qkv") == ["q_proj", "k_proj", "v_proj"]
+    assert ARCHITECTURES["phi3"].lora_targets("qkvo") == ["qkv_proj", "o_proj"]

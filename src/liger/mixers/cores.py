@@ -45,7 +45,8 @@ class GLACore(nn.Module):
         if c.window > 0:
             qr, kr = attn.rope(q, k, position_embeddings)
             past = cache.window if cache is not None else None
-            o_win = window_attention(qr, kr, v, c.window, scale=attn.scaling, key_valid=valid, past=past)
+            o_win = window_attention(qr, kr, v, c.window, scale=attn.scaling, key_valid=valid, past=past,
+                                     softcap=attn.softcap)
             o = c.mix[0] * o_win + c.mix[1] * o
             if cache is not None:
                 window = roll_window(past, kr.detach(), v.detach(), valid, c.window)

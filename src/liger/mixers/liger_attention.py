@@ -25,6 +25,7 @@ from torch import nn
 from ..arch import ArchSpec
 from ..cache import liger_layer
 from ..config import LigerConfig
+from ..ops import window_attention
 
 Tensor = torch.Tensor
 
@@ -35,15 +36,16 @@ class LigerAttention(nn.Module):
     def __init__(self, attn: nn.Module, spec: ArchSpec, config: LigerConfig, layer_idx: int) -> None:
         super().__init__()
         self.spec, self.liger, self.layer_idx = spec, config, layer_idx
-        for name in (spec.q_proj, spec.k_proj, spec.v_proj, spec.o_proj, spec.q_norm, spec.k_norm):
-            if name:
-                setattr(self, name, getattr(attn, name))
+        for name in spec.projections():
+            setattr(self, name, getattr(attn, name))
         mc = attn.config
         self.config = mc
         self.num_heads = mc.num_attention_heads
         self.num_kv_heads = getattr(mc, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(attn, "head_dim", None) or mc.hidden_size // self.num_heads
         self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
+        self.softcap = getattr(attn, "attn_logit_softcapping", None) or getattr(mc, "attn_logit_softcapping", None)
+        self.host_window = getattr(attn, "sliding_window", None)  # the host's own window (Gemma, Mistral)
         self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.is_causal = True
         from .cores import build_core
@@ -69,9 +71,12 @@ class LigerAttention(nn.Module):
         """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms (before RoPE)."""
         B, T, _ = x.shape
         s = self.spec
-        q = getattr(self, s.q_proj)(x).view(B, T, -1, self.head_dim)
-        k = getattr(self, s.k_proj)(x).view(B, T, -1, self.head_dim)
-        v = getattr(self, s.v_proj)(x).view(B, T, -1, self.head_dim)
+        if s.qkv_proj:
+            nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = getattr(self, s.qkv_proj)(x).split([nq, nk, nk], -1)
+        else:
+            q, k, v = getattr(self, s.q_proj)(x), getattr(self, s.k_proj)(x), getattr(self, s.v_proj)(x)
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
         if s.q_norm:
             q = getattr(self, s.q_norm)(q)
         if s.k_norm:
@@ -100,9 +105,14 @@ class LigerAttention(nn.Module):
         return getattr(self, self.spec.o_proj)(o), None
 
     def softmax_attention(self, q: Tensor, k: Tensor, v: Tensor, position_embeddings) -> Tensor:
-        """The host's causal softmax attention (RoPE, its scaling), no grad: [B, T, Hq, D]."""
+        """The host's causal softmax attention (RoPE, scaling, soft-capping, sliding window), no grad:
+        [B, T, Hq, D]. The target of attention transfer."""
         with torch.no_grad():
             qr, kr = self.rope(q, k, position_embeddings)
+            T = q.shape[1]
+            if self.softcap or (self.host_window and self.host_window < T):
+                return window_attention(qr, kr, v, min(T, self.host_window or T), scale=self.scaling,
+                                        softcap=self.softcap)
             o = F.scaled_dot_product_attention(
                 qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2), is_causal=True,
                 scale=self.scaling, enable_gqa=True,

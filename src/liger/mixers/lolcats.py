@@ -82,7 +82,8 @@ class LolcatsCore(nn.Module):
         Kp = _shift(Xk, shift)[:, :T]
         Vp = _shift(Xv, shift)[:, :T]
         lin, state = gla(fq, Kp, Vp, torch.zeros_like(Kp), state, want)
-        num, den = window_attention_parts(qr, kr, v, W, scale=attn.scaling, key_valid=valid, past=past)
+        num, den = window_attention_parts(qr, kr, v, W, scale=attn.scaling, key_valid=valid, past=past,
+                                          softcap=attn.softcap)
         w = torch.sigmoid(self.window_factor.float())[None, None, :, None]
         o = (w * num + lin[..., :D]) / (w * den + lin[..., D:] + 1e-6)
         if cache is not None:

@@ -53,6 +53,7 @@ def naive_window_attention(
     window: int,
     scale: float | None = None,
     key_valid: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Causal softmax attention where the last Tq of the Tk keys' positions are the queries' positions, and
     query i (absolute position p = Tk - Tq + i) sees the valid keys at positions p - window + 1 .. p.
@@ -73,5 +74,7 @@ def naive_window_attention(
             if not idx:
                 continue
             s = torch.einsum("hd,jhd->hj", q[b, i], k[b, idx]) * scale
+            if softcap:
+                s = softcap * torch.tanh(s / softcap)
             o[b, i] = torch.einsum("hj,jhd->hd", torch.softmax(s, -1), v[b, idx])
     return o

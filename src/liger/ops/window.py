@@ -3,7 +3,7 @@ from a rolling cache of the last `window - 1` keys and values.
 
 Layout time-first: q [B, T, Hq, D], k and v [B, T, Hk, D] (grouped-query: Hq = G * Hk, query head h reads
 key/value head h // G). A query sees itself and the `window - 1` tokens before it, valid keys only
-(`key_valid` False marks padding). Arithmetic in float32; output in v's dtype; a query with no valid key in
+(`key_valid` False marks padding); optional Gemma-2 logit soft-capping, cap * tanh(s / cap). Arithmetic in float32; output in v's dtype; a query with no valid key in
 its window gets 0, so padding never produces NaN.
 """
 
@@ -26,6 +26,7 @@ def window_attention(
     key_valid: Tensor | None = None,
     past: tuple[Tensor, Tensor, Tensor] | None = None,
     block_size: int | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Sliding-window attention of the T new queries over `past` plus the T new keys: [B, T, Hq, D].
 
@@ -34,7 +35,7 @@ def window_attention(
     Queries are processed in blocks of `block_size` (default min(T, window)); block n attends to its own
     keys plus the `window - 1` before it, so scores are [block, block + window - 1], never [T, T].
     """
-    num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size)
+    num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap)
     return (num / den.clamp_min(1e-30)).to(v.dtype)
 
 
@@ -48,6 +49,7 @@ def window_attention_parts(
     key_valid: Tensor | None = None,
     past: tuple[Tensor, Tensor, Tensor] | None = None,
     block_size: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised window attention, float32: num = sum_s exp(s_ts - m_t) v_s [B, T, Hq, D] and
     den = sum_s exp(s_ts - m_t) [B, T, Hq, 1], with m_t the largest score in query t's window (0 if it has
@@ -85,6 +87,8 @@ def window_attention_parts(
     vb = vv.unfold(1, P + L, P)
     vb_valid = valid.unfold(1, P + L, P)  # [B, N, P+L]
     s = torch.einsum("bnphgd,bnhdj->bnhgpj", qb, kb) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
     rel = torch.arange(P + L, device=dev)[None, :] - torch.arange(P, device=dev)[:, None]  # key j - query p
     allowed = (rel >= 0) & (rel <= L)  # [P, P+L]
     allowed = allowed[None, None, None, None] & vb_valid[:, :, None, None, None, :]

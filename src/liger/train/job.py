@@ -22,7 +22,8 @@ from ..checkpoint import atomic_output_dir
 from ..config import LigerConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import load_model
-from ..surgery import linearize
+from ..arch import ARCHITECTURES
+from ..surgery import linearize, model_type
 from .loop import Trainer, TrainConfig, read_checkpoint_state
 from .recipes import build_stages, count_parameters, trainable_parameters
 
@@ -117,7 +118,8 @@ def run_linearize(opts: JobOptions) -> dict:
 
     if opts.grad_checkpointing:
         model.gradient_checkpointing_enable()
-    stages = build_stages(opts.recipe, teacher, opts.distill_weight, opts.lr, opts.transfer_lr, opts.lora_r)
+    spec = ARCHITECTURES[model_type(model)]
+    stages = build_stages(opts.recipe, spec, teacher, opts.distill_weight, opts.lr, opts.transfer_lr, opts.lora_r)
     ckpt = read_checkpoint_state(work) if opts.resume else None
     stage_names = [s.name for s in stages]
     resume_at = stage_names.index(ckpt["stage"]) if ckpt else 0

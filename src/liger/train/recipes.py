@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..arch import ArchSpec
 from ..errors import ConfigError
 from ..mixers import LigerAttention
 from .losses import DistillLoss, attention_transfer_loss, next_token_loss
@@ -77,9 +78,10 @@ def _attention_transfer_finish(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_stages(recipe: str, teacher: nn.Module | None, distill_weight: float, lr: float | None,
-                 transfer_lr: float | None = None, lora_r: int = 8) -> list[Stage]:
-    """The stages of `recipe`; `teacher` (frozen original model) is needed only when distill_weight > 0."""
+def build_stages(recipe: str, spec: ArchSpec, teacher: nn.Module | None, distill_weight: float,
+                 lr: float | None, transfer_lr: float | None = None, lora_r: int = 8) -> list[Stage]:
+    """The stages of `recipe` for a model whose attention is laid out as `spec` (LoRA target names);
+    `teacher` (frozen original model) is needed only when distill_weight > 0."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     ce: LossFn = DistillLoss(teacher, distill_weight) if distill_weight > 0 else next_token_loss
@@ -94,11 +96,11 @@ def build_stages(recipe: str, teacher: nn.Module | None, distill_weight: float, 
         )
 
     if recipe == "liger":
-        return [lora(["q_proj", "k_proj", "v_proj"], 1e-3)]
+        return [lora(spec.lora_targets("qkv"), 1e-3)]
     return [
         Stage("attention_transfer", transfer_lr or 1e-2, _attention_transfer_prepare, attention_transfer_loss,
               _attention_transfer_finish),
-        lora(["q_proj", "k_proj", "v_proj", "o_proj"], 1e-3),
+        lora(spec.lora_targets("qkvo"), 1e-3),
     ]
 
 

@@ -110,12 +110,18 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
             f"convert it first: liger convert --model {path} --out DIR"
         )
     lcfg = LigerConfig.from_dict(raw["liger"])
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it would list the mixers' own tensors as unexpected; loaded below
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
     except LigerError:
         raise
     except Exception as e:  # transformers/safetensors raise many types for unreadable weights
         raise CheckpointError(f"cannot load the weights in {path}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
     del model.config.liger
     model = linearize(model, lcfg)
     _load_mixer_parameters(model, path)

@@ -1,4 +1,5 @@
-"""Command line: `liger convert | generate | info`. Errors a user can cause print one line, exit code 2."""
+"""Command line: `liger linearize | convert | eval | generate | info`. Errors a user can cause print one
+line, exit code 2."""
 
 from __future__ import annotations
 
@@ -12,14 +13,24 @@ from .errors import ConfigError, LigerError
 
 # Modules that add subcommands: each defines `register(subparsers)` (imports inside the command functions
 # keep `liger --help` fast).
-COMMAND_MODULES: tuple[str, ...] = ("liger.train.command",)
+COMMAND_MODULES: tuple[str, ...] = ("liger.train.command", "liger.evaluate.command")
 
 
 def _layer_list(text: str) -> tuple[int, ...]:
+    """"0,15" -> (0, 15); ranges too: "0-3,8" -> (0, 1, 2, 3, 8)."""
+    out: list[int] = []
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
     except ValueError:
-        raise ConfigError(f"--softmax-layers takes comma-separated layer indices such as 0,15; got {text!r}") from None
+        raise ConfigError(
+            f"--softmax-layers takes comma-separated layer indices or ranges such as 0,15 or 0-3; got {text!r}"
+        ) from None
+    return tuple(out)
 
 
 def add_liger_config_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +38,7 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixer", default="gla", help="linear mixer (default: gla)")
     p.add_argument("--window", type=int, default=64, help="sliding-window length in tokens; 0 = no window branch")
     p.add_argument(
-        "--softmax-layers", default="", metavar="I,J", help="layers kept as softmax attention, e.g. 0,15"
+        "--softmax-layers", default="", metavar="I,J", help="layers kept as softmax attention, e.g. 0,15 or 0-3,8"
     )
 
 
@@ -126,7 +137,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liger", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="liger", description="Linearize pretrained Transformer LLMs into gated linear-recurrent models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="linearize a model (no training) and save it",

@@ -48,7 +48,7 @@ def report_markdown(r: dict, has_plot: bool) -> str:
         f"| converted, before training | {r['converted_ppl']:,.1f} | {r['converted_ppl'] / r['teacher_ppl']:,.1f} |",
         f"| linearized, after training | {r['student_ppl']:.2f} | {r['ratio']:.3f} |",
         "",
-        f"- recipe: `{r['recipe']}`, mixer: `{r['liger']}`" + (f", distill KL weight {r['distill_weight']}" if r["distill_weight"] else ""),
+        f"- recipe: `{r['recipe']}`; {_mixer(r['liger'])}" + (f"; distill KL weight {r['distill_weight']}" if r["distill_weight"] else ""),
         f"- data: {r['data']}; {r['seq_len']}-token blocks; held-out: {r['heldout_tokens']:,} tokens",
         f"- tokens trained: {r['tokens_trained']:,}; training time {r['train_seconds'] / 60:.1f} min; "
         f"whole run {r['wall_seconds'] / 60:.1f} min",
@@ -64,3 +64,9 @@ def report_markdown(r: dict, has_plot: bool) -> str:
     if has_plot:
         lines += ["", "![loss curve](loss.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _mixer(c: dict) -> str:
+    window = f"window {c['window']} (mix {c['mix'][0]:g}/{c['mix'][1]:g})" if c["window"] else "no window"
+    soft = f", softmax layers {c['softmax_layers']}" if c["softmax_layers"] else ""
+    return f"mixer `{c['mixer']}` ({c['feature_map']} feature map), {window}{soft}"

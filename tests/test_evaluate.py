@@ -1,0 +1,153 @@
+"""liger eval and its parts, on tiny models: metrics against hand computations, determinism, lm-eval
+offline, the CLI end to end, and its errors."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import liger
+from liger.cli import main
+from liger.evaluate.efficiency import measure
+from liger.evaluate.perplexity import compare_lm, perplexity
+from liger.evaluate.recall import passkey_probe, score_probe
+from liger.evaluate.scoring import encode_pair, score_continuations
+from liger.evaluate.tasks import cloze_items, continuation_items
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    from liger.teacher import teacher_path
+
+    return AutoTokenizer.from_pretrained(teacher_path())
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tok):
+    root = tmp_path_factory.mktemp("ev")
+    teacher = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=1024)
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    student = liger.linearize(tiny_model("llama", vocab_size=len(tok), max_position_embeddings=1024),
+                              liger.LigerConfig(window=16))
+    student.save_pretrained(root / "student")
+    tok.save_pretrained(root / "student")
+    return root
+
+
+def test_perplexity_matches_a_hand_computation():
+    model = tiny_model("llama")
+    blocks = torch.randint(0, 128, (3, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(blocks).logits[:, :-1].double(), -1)
+    nll = -logp.gather(-1, blocks[:, 1:, None]).mean()
+    assert perplexity(model, blocks)["perplexity"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+    same = compare_lm(model, model, blocks)
+    assert same["top1_agreement"] == 1.0 and abs(same["kl"]) < 1e-6
+    other = compare_lm(liger.linearize(tiny_model("llama")), model, blocks)
+    assert other["kl"] > 0 and other["top1_agreement"] < 1.0
+
+
+def test_continuation_scores_equal_direct_log_probs(tok):
+    model = tiny_model("llama", vocab_size=len(tok))
+    reqs = [encode_pair(tok, "The capital of France is", " Paris"), encode_pair(tok, "One two", " three four five")]
+    scores = score_continuations(model, reqs, batch_size=2)
+    for (ctx, cont), s in zip(reqs, scores):
+        ids = torch.tensor([ctx + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        expected = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert s.logprob == pytest.approx(expected, abs=1e-3) and s.n == len(cont)
+
+
+def test_task_items_are_seeded_and_well_formed():
+    texts = [" ".join(f"word{j}x{i} alpha beta gamma delta" for j in range(30)) for i in range(20)]
+    a, b = cloze_items(texts, 10, seed=1), cloze_items(texts, 10, seed=1)
+    assert a == b and a != cloze_items(texts, 10, seed=2)
+    assert all(len(i.choices) == 4 and len(set(i.choices)) == 4 and 0 <= i.label < 4 for i in a)
+    cont = continuation_items(texts, 5, seed=0)
+    assert len(cont) == 5 and all(len(i.context.split()) == 40 for i in cont)
+
+
+def test_passkey_probe_places_the_key(tok):
+    for depth in (0.0, 0.5, 1.0):
+        probe, info = passkey_probe(tok, 1024, depth, seed=3)
+        assert info["tokens"] <= 1024 and info["tokens"] > 900
+        text = tok.decode(probe.ids)
+        assert text.count(info["key"]) == 3  # twice in the needle, once as the answer
+        assert abs(info["needle_depth"] - depth * (info["tokens"] - 60) / info["tokens"]) < 0.1
+        s, e = probe.spans[0]
+        assert tok.decode(probe.ids[s:e]).strip() == info["key"]
+
+
+def test_efficiency_rows_and_constant_linear_cache():
+    model = liger.linearize(tiny_model("llama"))
+    rows = measure(model, [32, 64, 128], (1, 2), decode_tokens=3)
+    assert len(rows) == 6 and all(r["prefill_s"] > 0 and r["decode_ms_per_step"] > 0 for r in rows)
+    b1 = [r["cache_bytes"] for r in rows if r["batch"] == 1]
+    assert len(set(b1)) == 1 and b1[0] > 0
+    soft = measure(tiny_model("llama"), [32, 64], (1,), decode_tokens=2)
+    assert soft[1]["cache_bytes"] > soft[0]["cache_bytes"]
+
+
+def test_lm_eval_local_yaml_task_offline(tok, monkeypatch):
+    from liger.evaluate.lm_eval_adapter import run_lm_eval
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = liger.linearize(tiny_model("llama", vocab_size=len(tok)))
+    res = run_lm_eval(model, tok, ["tests/fixtures/lm_eval/tiny_mc.yaml"], batch_size=4)
+    assert set(res) == {"liger_tiny_mc"}
+    assert 0.0 <= res["liger_tiny_mc"]["acc"] <= 1.0 and res["liger_tiny_mc"]["sample_len"] == 8
+
+
+def _eval_args(folders, out, *extra):
+    return ["eval", "--model", str(folders / "student"), "--teacher", str(folders / "teacher"), "--out", str(out),
+            "--quick", "--recall-lengths", "128,256", "--depths", "0,1", "--lengths", "32,64", "--batch-sizes", "1",
+            "--items", "6", "--blocks", "2", "--seq-len", "64", "--quiet", *extra]
+
+
+def test_cli_end_to_end_and_deterministic(folders, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert main(_eval_args(folders, tmp_path / "a", "--tasks", "tests/fixtures/lm_eval/tiny_mc.yaml")) == 0
+    assert main(_eval_args(folders, tmp_path / "b", "--sections", "lm,tasks,recall")) == 0
+    a = json.loads((tmp_path / "a" / "eval.json").read_text())
+    b = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert set(a["sections"]) == {"lm", "tasks", "recall", "efficiency", "lm_eval"}
+    for key in ("lm", "tasks", "recall"):
+        assert a["sections"][key] == b["sections"][key]  # same seed, same numbers
+    for png in a["plots"]:
+        assert (tmp_path / "a" / png).read_bytes()[:4] == b"\x89PNG"
+    assert {"passkey_teacher.png", "passkey_linearized.png", "efficiency.png"} <= set(a["plots"])
+    md = (tmp_path / "a" / "eval.md").read_text()
+    assert "| metric | teacher | linearized | ratio |" in md and "lm-eval liger_tiny_mc" in md
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--tasks", "no_such_task_xyz"], "unknown lm-eval task"),
+        (["--recall-lengths", "4096"], "beyond the model's limit of 1024"),
+        (["--sections", "lm,vibes"], "unknown section"),
+    ],
+)
+def test_cli_errors(folders, tmp_path, capsys, extra, match):
+    assert main(_eval_args(folders, tmp_path / "o", *extra)) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_or_unloadable_model(folders, tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--model", str(folders / "teacher")]) == 2
+    assert "not a liger checkpoint" in capsys.readouterr().err

@@ -156,3 +156,11 @@ def test_lora_targets_follow_the_table():
 
     assert ARCHITECTURES["llama"].lora_targets("qkv") == ["q_proj", "k_proj", "v_proj"]
     assert ARCHITECTURES["phi3"].lora_targets("qkvo") == ["qkv_proj", "o_proj"]
+
+
+def test_softmax_layers_flag_accepts_lists_and_ranges():
+    from liger.cli import _layer_list
+
+    assert _layer_list("0,15") == (0, 15) and _layer_list("0-3,8") == (0, 1, 2, 3, 8) and _layer_list("") == ()
+    with pytest.raises(liger.ConfigError, match="ranges"):
+        _layer_list("a-b")

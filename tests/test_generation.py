@@ -150,3 +150,31 @@ def test_lolcats_prefill_decode_and_left_padding(arch, window):
     real = mask.bool()
     assert (inc - full)[real].abs().max().item() <= ATOL
     assert (full[2, 17:] - alone).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("mixer", ["gla", "hgrn2", "simple_gla", "retention"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("window", [0, 8])
+def test_every_gated_mixer_decodes_exactly_with_left_padding(mixer, arch, window):
+    model = liger.linearize(tiny_model(arch), liger.LigerConfig(mixer=mixer, window=window, softmax_layers=(1,)))
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 128, (2, 50), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        inc, _ = incremental_logits(model, ids, mask, prefill=12)
+        alone = model(ids[1:, 9:]).logits[0]
+    assert (inc - full)[mask.bool()].abs().max().item() <= ATOL
+    assert (full[1, 9:] - alone).abs().max().item() <= ATOL
+
+
+def test_learnable_mix_trains_with_lora():
+    from liger.train.recipes import add_lora, trainable_parameters
+
+    model = liger.linearize(tiny_model("llama"), liger.LigerConfig(learnable_mix=True, mix=(0.3, 0.7)))
+    mix = model.model.layers[0].self_attn.core.mix
+    assert mix.shape == (4, 2) and torch.allclose(mix[:, 0], torch.tensor(0.3))
+    model = add_lora(model, ["q_proj"])
+    names = trainable_parameters(model)
+    assert sum(n.endswith("core.mix") for n in names) == 3

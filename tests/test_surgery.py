@@ -164,3 +164,19 @@ def test_softmax_layers_flag_accepts_lists_and_ranges():
     assert _layer_list("0,15") == (0, 15) and _layer_list("0-3,8") == (0, 1, 2, 3, 8) and _layer_list("") == ()
     with pytest.raises(liger.ConfigError, match="ranges"):
         _layer_list("a-b")
+
+
+def test_softmax_every_keeps_one_layer_in_n():
+    model = liger.linearize(tiny_model("llama", layers=8), liger.LigerConfig(softmax_every=4, softmax_layers=[0]))
+    kinds = [type(layer.self_attn).__name__ == "LigerAttention" for layer in model.model.layers]
+    assert [i for i, lin in enumerate(kinds) if not lin] == [0, 3, 7]
+    with pytest.raises(liger.ConfigError, match="softmax_every 9"):
+        liger.linearize(tiny_model("llama", layers=8), liger.LigerConfig(softmax_every=9))
+
+
+@pytest.mark.parametrize("mixer", ["hgrn2", "simple_gla", "retention"])
+def test_gated_mixers_add_no_parameters(mixer):
+    model = tiny_model("qwen2")
+    n0 = sum(p.numel() for p in model.parameters())
+    liger.linearize(model, liger.LigerConfig(mixer=mixer))
+    assert sum(p.numel() for p in model.parameters()) == n0

@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .config import MIXERS
 from .errors import ConfigError, LigerError
 
 # Modules that add subcommands: each defines `register(subparsers)` (imports inside the command functions
@@ -35,17 +36,22 @@ def _layer_list(text: str) -> tuple[int, ...]:
 
 def add_liger_config_args(p: argparse.ArgumentParser) -> None:
     """The LigerConfig flags shared by `convert` and `linearize`."""
-    p.add_argument("--mixer", default="gla", help="linear mixer (default: gla)")
+    p.add_argument("--mixer", default="gla", choices=list(MIXERS),
+                   help="linear mixer (default: gla; see README's mixer table)")
     p.add_argument("--window", type=int, default=64, help="sliding-window length in tokens; 0 = no window branch")
     p.add_argument(
         "--softmax-layers", default="", metavar="I,J", help="layers kept as softmax attention, e.g. 0,15 or 0-3,8"
     )
+    p.add_argument("--softmax-every", type=int, default=0, metavar="N",
+                   help="also keep one layer in every N as softmax (N=4: 3:1 linear to softmax)")
+    p.add_argument("--learnable-mix", action="store_true", help="train the window/linear weights per head")
 
 
 def liger_config_from_args(args: argparse.Namespace):
     from .config import LigerConfig
 
-    return LigerConfig(mixer=args.mixer, window=args.window, softmax_layers=_layer_list(args.softmax_layers))
+    return LigerConfig(mixer=args.mixer, window=args.window, softmax_layers=_layer_list(args.softmax_layers),
+                       softmax_every=args.softmax_every, learnable_mix=args.learnable_mix)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

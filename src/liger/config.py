@@ -8,32 +8,40 @@ from typing import Any
 
 from .errors import ConfigError
 
-MIXERS = ("gla", "lolcats")
+MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats")
 # Feature maps each mixer supports; the first is its default.
-FEATURE_MAPS = {"gla": ("softmax",), "lolcats": ("hedgehog",)}
+FEATURE_MAPS = {"gla": ("softmax",), "hgrn2": ("softmax",), "simple_gla": ("softmax",), "retention": ("softmax",),
+                "lolcats": ("hedgehog",)}
 
 
 @dataclass
 class LigerConfig:
     """How each softmax attention is replaced.
 
-    mixer: "gla" (Liger-GLA: per-key-channel decay, no new parameters) or "lolcats" (Hedgehog feature
-        maps, window and linear attention sharing one normaliser; trainable maps and window factors).
+    mixer: "gla" (Liger-GLA: per-key-channel decay), "hgrn2" (Liger-HGRN2: key 1 - sigmoid(k), decay
+        logsigmoid(k)), "simple_gla" (one data-dependent decay per head), "retention" (RetNet's fixed
+        per-head decays) -- none adds parameters -- or "lolcats" (Hedgehog feature maps, window and linear
+        attention sharing one normaliser; trainable maps and window factors).
     window: sliding-window softmax branch length in tokens (each query sees itself and the `window - 1`
         tokens before it); 0 disables the branch (pure gated linear attention).
     mix: (window weight, linear weight); Liger Attention uses (0.5, 0.5).
+    learnable_mix: make the two weights trainable per head (initialised to `mix`).
     gate_normalizer: g = logsigmoid(k) / gate_normalizer (natural-log decay per step, <= 0).
     feature_map: applied to q and k of the linear branch; None picks the mixer's own ("softmax" over the
         head dimension for gla, "hedgehog" for lolcats).
     softmax_layers: indices of layers kept as the original softmax attention (inter-layer hybrid).
+    softmax_every: also keep one layer in every N as softmax (layers N-1, 2N-1, ...); 0 = off. With N = 4
+        the linear-to-softmax ratio is 3:1.
     """
 
     mixer: str = "gla"
     window: int = 64
     mix: tuple[float, float] = (0.5, 0.5)
+    learnable_mix: bool = False
     gate_normalizer: float = 16.0
     feature_map: str | None = None
     softmax_layers: tuple[int, ...] = field(default_factory=tuple)
+    softmax_every: int = 0
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -68,6 +76,8 @@ class LigerConfig:
         if any(i < 0 for i in layers):
             raise ConfigError(f"softmax_layers must be >= 0, got {list(layers)}")
         self.softmax_layers = layers
+        if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
+            raise ConfigError(f"softmax_every must be a whole number >= 0, got {self.softmax_every!r}")
 
     def check_layers(self, num_layers: int) -> None:
         """Raise ConfigError if a softmax layer index is outside a model with `num_layers` layers."""
@@ -76,6 +86,13 @@ class LigerConfig:
             raise ConfigError(
                 f"softmax_layers {bad} out of range: the model has {num_layers} layers (indices 0..{num_layers - 1})"
             )
+        if self.softmax_every > num_layers:
+            raise ConfigError(f"softmax_every {self.softmax_every} is more than the model's {num_layers} layers")
+
+    def softmax_layer_set(self, num_layers: int) -> set[int]:
+        """Every layer kept as softmax attention: softmax_layers plus one in every softmax_every."""
+        every = set(range(self.softmax_every - 1, num_layers, self.softmax_every)) if self.softmax_every else set()
+        return set(self.softmax_layers) | every
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -86,8 +86,9 @@ def linearize(model: nn.Module, config: LigerConfig | None = None) -> nn.Module:
         raise ConfigError("this model is already linearized (its config has a 'liger' entry)")
     layers = decoder_layers(model)
     config.check_layers(len(layers))
+    keep = config.softmax_layer_set(len(layers))
     for i, layer in enumerate(layers):
-        if i not in config.softmax_layers:
+        if i not in keep:
             layer.self_attn = LigerAttention(layer.self_attn, spec, config, i)
     base = getattr(model, "base_model", model)
     if not getattr(base, "_liger_hooked", False):

@@ -24,19 +24,47 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None, want_s
     return op(q, k, v, g, scale=scale, initial_state=state, output_final_state=want_state)
 
 
-class GLACore(nn.Module):
-    """Liger-GLA: o = mix[0] * SWA(RoPE(q), RoPE(k), v) + mix[1] * GLA(phi(q), phi(k), v, g), with phi =
-    softmax over the head dimension, g = logsigmoid(k) / gate_normalizer, scale 1, no RoPE in GLA."""
+def _retention_log_decay(heads: int, device) -> Tensor:
+    """RetNet's fixed per-head decays gamma_h = 1 - 2^(-5 - h), as natural logs [heads]."""
+    return torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(heads, dtype=torch.float32, device=device)))
 
-    def __init__(self, config: LigerConfig) -> None:
+
+def construct(mixer: str, q: Tensor, k: Tensor, gate_normalizer: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Liger's construction of (q', k', g) for a gated linear recurrence from the pretrained q and k
+    ([B, T, H, D], float32); g [B, T, Hk, D] <= 0. No parameters: everything comes from the key projection.
+
+    gla:        q' = softmax(q), k' = softmax(k), g = logsigmoid(k) / normalizer      (Liger-GLA)
+    hgrn2:      q' = softmax(q), k' = 1 - sigmoid(k), g = logsigmoid(k)               (Liger-HGRN2)
+    simple_gla: q' = softmax(q), k' = softmax(k), g = logsigmoid(mean_d k) / normalizer, one per head
+    retention:  q' = softmax(q), k' = softmax(k), g = log(1 - 2^(-5-h)), fixed per head (RetNet)
+    """
+    qf = torch.softmax(q, -1)
+    if mixer == "hgrn2":
+        return qf, 1 - torch.sigmoid(k), F.logsigmoid(k)
+    kf = torch.softmax(k, -1)
+    if mixer == "gla":
+        g = F.logsigmoid(k) / gate_normalizer
+    elif mixer == "simple_gla":
+        g = (F.logsigmoid(k.mean(-1, keepdim=True)) / gate_normalizer).expand_as(k)
+    else:  # retention
+        g = _retention_log_decay(k.shape[2], k.device)[None, None, :, None].expand_as(k)
+    return qf, kf, g
+
+
+class GLACore(nn.Module):
+    """The gated-linear mixers (gla, hgrn2, simple_gla, retention; see `construct`), optionally with the
+    window branch: o = mix[0] * SWA(RoPE(q), RoPE(k), v) + mix[1] * GLA(q', k', v, g), scale 1, no RoPE in
+    GLA. With `learnable_mix`, the two weights are per-head parameters initialised to `mix`."""
+
+    def __init__(self, config: LigerConfig, num_heads: int) -> None:
         super().__init__()
         self.config = config
+        if config.learnable_mix and config.window > 0:
+            self.mix = nn.Parameter(torch.tensor(config.mix).repeat(num_heads, 1))  # [Hq, 2]
 
     def forward(self, attn, q, k, v, position_embeddings, valid, cache: LigerLayerCache | None) -> Tensor:
         c = self.config
-        qf = torch.softmax(q.float(), -1)
-        kf = torch.softmax(k.float(), -1)
-        g = F.logsigmoid(k.float()) / c.gate_normalizer
+        qf, kf, g = construct(c.mixer, q.float(), k.float(), c.gate_normalizer)
         if valid is not None:
             m = valid[:, :, None, None].to(kf.dtype)
             kf, g = kf * m, g * m
@@ -47,7 +75,11 @@ class GLACore(nn.Module):
             past = cache.window if cache is not None else None
             o_win = window_attention(qr, kr, v, c.window, scale=attn.scaling, key_valid=valid, past=past,
                                      softcap=attn.softcap)
-            o = c.mix[0] * o_win + c.mix[1] * o
+            if isinstance(getattr(self, "mix", None), nn.Parameter):
+                a, b = self.mix[:, 0, None], self.mix[:, 1, None]
+            else:
+                a, b = c.mix
+            o = a * o_win + b * o
             if cache is not None:
                 window = roll_window(past, kr.detach(), v.detach(), valid, c.window)
         if cache is not None:
@@ -55,7 +87,7 @@ class GLACore(nn.Module):
         return o
 
 
-CORES = {"gla": GLACore}
+GLA_MIXERS = ("gla", "hgrn2", "simple_gla", "retention")
 
 
 def build_core(config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> nn.Module:
@@ -63,4 +95,4 @@ def build_core(config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim:
         from .lolcats import LolcatsCore
 
         return LolcatsCore(config, num_heads, num_kv_heads, head_dim)
-    return CORES[config.mixer](config)
+    return GLACore(config, num_heads)

@@ -47,7 +47,11 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) 
     from peft import LoraConfig, get_peft_model
 
     freeze(model)
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+    for name, p in model.named_parameters():
+        if name.endswith("core.mix"):  # --learnable-mix: the window/linear weights train with the adapters
+            p.requires_grad_(True)
+    return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

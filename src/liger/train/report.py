@@ -69,4 +69,6 @@ def report_markdown(r: dict, has_plot: bool) -> str:
 def _mixer(c: dict) -> str:
     window = f"window {c['window']} (mix {c['mix'][0]:g}/{c['mix'][1]:g})" if c["window"] else "no window"
     soft = f", softmax layers {c['softmax_layers']}" if c["softmax_layers"] else ""
+    if c.get("softmax_every"):
+        soft += f", one softmax layer in every {c['softmax_every']}"
     return f"mixer `{c['mixer']}` ({c['feature_map']} feature map), {window}{soft}"

@@ -1,58 +1,172 @@
 """Data sources, the held-out split, packing and data errors, on small local fixtures."""
 
+from __future__ import annotations
+
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_model
 
-from liger.data import is_heldout, load_corpus, pack
+import liger.data.builtin as builtin
+import liger.data.selfgen as selfgen
+from liger.data import Corpus, DataSpec, is_heldout, load_corpus, pack
+from liger.data.files import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+from liger.data.text import chunk, normalize, paragraphs
 from liger.errors import DataError
 
 DOCS = [f"Document number {i} talks about topic {i % 7} at some length, with words." for i in range(200)]
 
 
-class CharTokenizer:
-    """A tiny tokenizer: one id per byte, EOS = 0."""
+class ByteTokenizer:
+    """A tiny tokenizer: one id per UTF-8 byte, EOS = 0."""
 
     eos_token_id = 0
-    pad_token_id = 0
-    chat_template = None
-    padding_side = "right"
 
     def __call__(self, texts, add_special_tokens=False, **kw):
+        assert not add_special_tokens
         return {"input_ids": [list(t.encode()) for t in texts]}
 
 
-def write_jsonl(path, records):
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from liger.teacher import teacher_path
+
+    return AutoTokenizer.from_pretrained(teacher_path())
+
+
+def write_jsonl(path: Path, records) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
-def test_builtin_is_large_deterministic_and_split():
-    a, b = load_corpus("builtin"), load_corpus("builtin")
-    assert a.train == b.train and a.heldout == b.heldout
-    assert sum(map(len, a.train)) > 1_500_000 and len(a.heldout) > 100
-    assert not set(a.train) & set(a.heldout) and len(set(a.train)) == len(a.train)
-    assert set(load_corpus("builtin", seed=1).train) == set(a.train)  # seed orders, never splits
-    assert load_corpus("builtin", seed=1).train != a.train
-
-
-def test_txt_jsonl_parquet_and_folder(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "a.txt").write_text("\n\n".join(DOCS[:50]))
-    write_jsonl(tmp_path / "d" / "b.jsonl", [{"text": d} for d in DOCS[50:100]])
-    write_jsonl(tmp_path / "d" / "c.jsonl", [{"instruction": f"Say {i}", "input": "", "output": f"{i}!"} for i in range(30)])
+def write_parquet(path: Path, columns: dict) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"content": DOCS[100:150]}), tmp_path / "d" / "e.parquet")
-    c = load_corpus(str(tmp_path / "d"), heldout_fraction=0.2)
-    alltext = c.train + c.heldout
-    assert any("### Instruction:\nSay 3" in d and "### Response:\n3!" in d for d in alltext)
-    assert sum(DOCS[120] in d for d in alltext) == 1 and sum(DOCS[60] == d for d in alltext) == 1
-    assert 0 < len(c.heldout) < len(alltext) and not set(c.train) & set(c.heldout)
-    assert all(is_heldout(d, 0.2) for d in c.heldout)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def everything(c: Corpus) -> list[str]:
+    return c.train + c.heldout
+
+
+# ---------------------------------------------------------------------------------------------- builtin
+
+
+def test_builtin_is_large_deterministic_split_and_deduplicated():
+    a, b = load_corpus("builtin"), load_corpus("builtin")
+    assert a.train == b.train and a.heldout == b.heldout
+    assert a.source == "builtin (pydoc_data.topics + stdlib docstrings)"
+    assert sum(map(len, a.train)) > 1_500_000 and len(a.train) > 500 and len(a.heldout) >= 20
+    assert len(set(a.train)) == len(a.train) and len(set(a.heldout)) == len(a.heldout)
+    assert not set(a.train) & set(a.heldout)
+    assert all(is_heldout(d, 0.05) for d in a.heldout) and not any(is_heldout(d, 0.05) for d in a.train)
+    alltext = everything(a)
+    assert any(d.startswith("module json\n\n") for d in alltext)  # stdlib docstrings, grouped by module
+    assert any('The "if" statement' in d for d in alltext)  # pydoc_data.topics
+    assert not any(d.startswith(("module test.", "module idlelib.idle_test", "module lib2to3.tests")) for d in alltext)
+    assert not any(d.startswith("module encodings.cp1252") or "\n\n\n" in d for d in alltext)  # generated codecs
+    assert max(map(len, alltext)) < 70_000 and sorted(map(len, alltext))[len(alltext) // 2] > 1000
+    c = load_corpus("builtin", seed=1)
+    assert set(c.train) == set(a.train) and c.heldout == a.heldout and c.train != a.train  # seed orders only
+    assert a.spec == DataSpec("builtin", "builtin", a.source, "sha256 < 0.05 of the hash space", 0, len(a.train),
+                              len(a.heldout), sum(map(len, a.train)), sum(map(len, a.heldout)))
+
+
+def test_builtin_is_read_from_its_cache(monkeypatch):
+    docs = builtin.builtin_documents()
+    assert builtin.cache_path().is_file() and builtin.cache_path().parent == Path(os.environ["LIGER_CACHE"]) / "corpus"
+
+    def fail():
+        raise AssertionError("extracted again instead of reading the cache")
+
+    monkeypatch.setattr(builtin, "docstring_documents", fail)
+    assert builtin.builtin_documents() == docs and docs == sorted(set(docs))
+
+
+def test_normalize_chunk_and_paragraphs():
+    assert normalize("Title\n    =====\n\n    Para one   \n    goes on\n\n\n\n        code\n    end") == \
+        "Title\n\nPara one\ngoes on\n\n    code\nend"
+    assert chunk(["a" * 10, "b" * 10, "c" * 30], limit=25) == ["a" * 10 + "\n\n" + "b" * 10, "c" * 30]
+    assert paragraphs("one\r\n  two  \r\n \r\n\n    three\n\n") == ["one\n  two", "    three"]
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def test_txt_small_file_is_one_document_large_is_cut_at_paragraphs(tmp_path):
+    (tmp_path / "small.txt").write_text("First paragraph here.\r\n\r\nSecond one,\nwrapped.\n")
+    assert load_corpus(str(tmp_path / "small.txt"), heldout_fraction=0).train == \
+        ["First paragraph here.\n\nSecond one,\nwrapped."]
+    (tmp_path / "big.txt").write_text("\n\n".join(DOCS))
+    c = load_corpus(str(tmp_path / "big.txt"))
+    docs = everything(c)
+    assert len(docs) > 2 and all(len(d) <= 4000 for d in docs) and len(c.heldout) >= 1
+    assert sorted(p for d in docs for p in d.split("\n\n")) == sorted(DOCS)  # every paragraph once, none split
+
+
+def test_jsonl_text_content_and_custom_fields(tmp_path):
+    c = load_corpus(str(write_jsonl(tmp_path / "a.jsonl", [{"text": d, "id": i} for i, d in enumerate(DOCS)])))
+    assert sorted(everything(c)) == sorted(DOCS)
+    c = load_corpus(str(write_jsonl(tmp_path / "b.jsonl", [{"content": d} for d in DOCS[:20]])))
+    assert sorted(everything(c)) == sorted(DOCS[:20])
+    path = write_jsonl(tmp_path / "c.jsonl", [{"body": d, "text": "not this"} for d in DOCS[:20]])
+    assert sorted(everything(load_corpus(str(path), text_field="body"))) == sorted(DOCS[:20])
+
+
+def test_jsonl_alpaca_records_use_the_alpaca_template(tmp_path):
+    recs = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+            {"instruction": "Say hi.", "output": "Hi!"}]
+    c = load_corpus(str(write_jsonl(tmp_path / "alpaca.jsonl", recs)), heldout_fraction=0)
+    assert sorted(c.train) == sorted([
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n5",
+        ALPACA_NO_INPUT.format(instruction="Name a colour.", output="Blue."),
+        ALPACA_NO_INPUT.format(instruction="Say hi.", output="Hi!"),
+    ])
+    assert "### Input:" in ALPACA_WITH_INPUT and "### Input:" not in ALPACA_NO_INPUT
+
+
+def test_parquet_text_and_alpaca_columns(tmp_path):
+    c = load_corpus(str(write_parquet(tmp_path / "t.parquet", {"text": DOCS[:50], "n": list(range(50))})))
+    assert sorted(everything(c)) == sorted(DOCS[:50])
+    columns = {"instruction": ["Q1", "Q2"], "input": ["ctx", None], "output": ["A1", "A2"]}
+    docs = everything(load_corpus(str(write_parquet(tmp_path / "a.parquet", columns)), heldout_fraction=0))
+    assert sorted(d.split("### Instruction:\n")[1] for d in docs) == [
+        "Q1\n\n### Input:\nctx\n\n### Response:\nA1", "Q2\n\n### Response:\nA2"]
+
+
+def test_folder_mixes_formats_recursively_and_skips_hidden_and_unknown(tmp_path):
+    root = tmp_path / "data"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "a.txt").write_text("\n\n".join(DOCS[:10]))
+    write_jsonl(root / "sub" / "b.jsonl", [{"text": d} for d in DOCS[10:60]])
+    alpaca = [{"instruction": f"Say {i}", "input": "", "output": f"{i}!"} for i in range(30)]
+    write_jsonl(root / "sub" / "deeper" / "c.jsonl", alpaca)
+    write_parquet(root / "e.parquet", {"content": DOCS[60:100]})
+    write_jsonl(root / ".hidden" / "x.jsonl", [{"text": "SECRET"}])
+    (root / "notes.md").write_text("IGNORED")
+    c = load_corpus(str(root), heldout_fraction=0.2)
+    docs = everything(c)
+    assert len(docs) == 1 + 50 + 30 + 40  # the small .txt file is one document
+    assert sum("### Instruction:\nSay 3\n\n### Response:\n3!" in d for d in docs) == 1
+    assert sum(d == DOCS[70] for d in docs) == 1 and sum(d == DOCS[20] for d in docs) == 1
+    assert not any("SECRET" in d or "IGNORED" in d for d in docs)
+    assert 0 < len(c.heldout) < len(docs) and not set(c.train) & set(c.heldout)
+    assert c.spec.kind == "local" and c.spec.n_train_docs == len(c.train)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
 
 
 def test_saved_dataset_dict_uses_its_validation_split(tmp_path):
@@ -60,53 +174,208 @@ def test_saved_dataset_dict_uses_its_validation_split(tmp_path):
 
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:40]}),
                                "validation": datasets.Dataset.from_dict({"text": DOCS[40:45] + DOCS[:2]})})
-    dd.save_to_disk(str(tmp_path / "ds"))
-    c = load_corpus(str(tmp_path / "ds"))
-    assert sorted(c.heldout) == sorted(DOCS[40:45] + DOCS[:2])
-    assert len(c.train) == 38 and not set(c.train) & set(c.heldout)
-    datasets.Dataset.from_dict({"body": DOCS[:10]}).save_to_disk(str(tmp_path / "one"))
-    assert len(load_corpus(str(tmp_path / "one"), text_field="body", heldout_fraction=0.5).train) >= 1
+    dd.save_to_disk(str(tmp_path / "dd"))
+    c = load_corpus(str(tmp_path / "dd"), heldout_fraction=0.5)
+    assert sorted(c.heldout) == sorted(DOCS[40:45] + DOCS[:2])  # the given split, whatever the fraction
+    assert sorted(c.train) == sorted(DOCS[2:40])  # a text in both splits is held out only
+    assert c.spec.kind == "saved" and "validation" in c.source
 
 
-def test_self_generated_is_cached_and_deterministic():
-    from transformers import AutoTokenizer
+def test_saved_dataset_is_split_by_hash(tmp_path):
+    import datasets
 
-    from liger.teacher import teacher_path
+    datasets.Dataset.from_dict({"body": DOCS[:100], "n": list(range(100))}).save_to_disk(str(tmp_path / "one"))
+    c = load_corpus(str(tmp_path / "one"), text_field="body", heldout_fraction=0.3)
+    assert sorted(everything(c)) == sorted(DOCS[:100])
+    assert c.heldout and all(is_heldout(d, 0.3) for d in c.heldout) and not any(is_heldout(d, 0.3) for d in c.train)
 
-    tok = AutoTokenizer.from_pretrained(teacher_path())
-    model = tiny_model("llama", vocab_size=len(tok))
-    a = load_corpus("self", model=model, tokenizer=tok, max_documents=4, heldout_fraction=0.25)
-    b = load_corpus("self", model=model, tokenizer=tok, max_documents=4, heldout_fraction=0.25)
-    assert a.train == b.train and len(a.train) + len(a.heldout) == 4
-    assert all(d.split("\n\n")[0].endswith((".", "?")) for d in a.train)  # each starts with its prompt
-    with pytest.raises(DataError, match="needs the teacher"):
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+def test_heldout_split_is_per_document_and_dedupes_first(tmp_path):
+    docs = DOCS + DOCS[:50] + ["  " + DOCS[3] + "\n"]  # duplicates, one differing only in surrounding space
+    c = load_corpus(str(write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in docs])), heldout_fraction=0.25)
+    assert sorted(everything(c)) == sorted(DOCS) and not set(c.train) & set(c.heldout)
+    assert set(c.heldout) == {d for d in DOCS if is_heldout(d, 0.25)} and 20 < len(c.heldout) < 80
+    fewer = load_corpus(str(write_jsonl(tmp_path / "e.jsonl", [{"text": d} for d in DOCS[::3]])), heldout_fraction=0.25)
+    assert set(fewer.heldout) == set(c.heldout) & set(DOCS[::3])  # removing documents moves no other one
+
+
+def test_seed_shuffles_training_order_only_and_max_documents(tmp_path):
+    path = str(write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in DOCS]))
+    a, b, c = load_corpus(path, seed=3), load_corpus(path, seed=3), load_corpus(path, seed=4)
+    assert a.train == b.train and a.train != c.train and sorted(a.train) == sorted(c.train)
+    assert a.heldout == c.heldout and a.train != [d for d in DOCS if d in set(a.train)]  # actually shuffled
+    few = load_corpus(path, seed=3, max_documents=7)
+    assert few.train == a.train[:7] and few.heldout == a.heldout
+
+
+def test_tiny_source_still_gets_one_heldout_document(tmp_path):
+    path = write_jsonl(tmp_path / "two.jsonl", [{"text": "alpha document"}, {"text": "beta document"}])
+    c = load_corpus(str(path), heldout_fraction=0.01)
+    assert len(c.train) == 1 and len(c.heldout) == 1
+    assert load_corpus(str(path), heldout_fraction=0).heldout == []
+
+
+# ---------------------------------------------------------------------------------------------- self
+
+
+def test_self_generated_is_cached_deterministic_and_keeps_the_rng(monkeypatch, tmp_path, smol_tokenizer):
+    monkeypatch.setenv("LIGER_CACHE", str(tmp_path))  # an empty cache: generate for real
+    monkeypatch.setattr(selfgen, "MAX_NEW_TOKENS", 6)
+    model = tiny_model("llama", layers=1, vocab_size=len(smol_tokenizer))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_corpus("self", model=model, tokenizer=smol_tokenizer, max_documents=5, heldout_fraction=0.2)
+    assert torch.equal(torch.rand(3), expected)  # generation left the caller's RNG alone
+    assert len(a.train) + len(a.heldout) == 5 and len(a.heldout) >= 1 and smol_tokenizer.padding_side == "right"
+    prompts = selfgen.prompts()
+    assert len(prompts) == len(set(prompts)) >= 300
+    assert sorted(d.split("\n\n")[0] for d in everything(a)) == sorted(prompts[:5])
+    assert all(len(d.split("\n\n", 1)[1]) > 5 for d in everything(a))  # an answer follows each prompt
+    assert len(list((tmp_path / "selfgen").glob("*.jsonl"))) == 1
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again instead of reading the cache")
+
+    monkeypatch.setattr(model, "generate", no_generation)
+    b = load_corpus("self", model=model, tokenizer=smol_tokenizer, max_documents=5, heldout_fraction=0.2, seed=9)
+    assert sorted(b.train) == sorted(a.train) and b.heldout == a.heldout  # seed never changes the documents
+    other = tiny_model("llama", layers=1, seed=1, vocab_size=len(smol_tokenizer))
+    key = selfgen.cache_key
+    assert key(model, smol_tokenizer, prompts[:5], 6, 0, 8) != key(other, smol_tokenizer, prompts[:5], 6, 0, 8)
+
+
+def test_self_needs_model_and_tokenizer(smol_tokenizer):
+    with pytest.raises(DataError, match="--data self needs the teacher model and its tokenizer"):
         load_corpus("self")
+    with pytest.raises(DataError, match="needs the teacher"):
+        load_corpus("self", tokenizer=smol_tokenizer)
 
 
-def test_pack_blocks_and_eos():
-    blocks = pack(["ab", "cde", "f"], CharTokenizer(), 3)
-    assert blocks.tolist() == [[97, 98, 0], [99, 100, 101], [0, 102, 0]]
-    assert pack(["ab", "cd"], CharTokenizer(), 4).tolist() == [[97, 98, 0, 99]]  # tail dropped
-    assert pack(["abc"], CharTokenizer(), 2, add_eos=False).shape == (1, 2)
+# ---------------------------------------------------------------------------------------------- pack
+
+
+def test_pack_blocks_eos_and_tail():
+    blocks = pack(["ab", "cde", "f"], ByteTokenizer(), 3)
+    assert blocks.dtype == torch.long and blocks.tolist() == [[97, 98, 0], [99, 100, 101], [0, 102, 0]]
+    assert pack(["ab", "cd"], ByteTokenizer(), 4).tolist() == [[97, 98, 0, 99]]  # incomplete tail dropped
+    assert pack(["abc", "de"], ByteTokenizer(), 2, add_eos=False).tolist() == [[97, 98], [99, 100]]
+    with pytest.raises(DataError, match="not enough text for one 64-token block"):
+        pack(["a"], ByteTokenizer(), 64)
     with pytest.raises(DataError, match="not enough text"):
-        pack(["a"], CharTokenizer(), 64)
+        pack([], ByteTokenizer(), 8)
 
 
-@pytest.mark.parametrize(
-    "setup,match",
-    [
-        (lambda p: str(p / "missing.txt"), "does not exist"),
-        (lambda p: (p / "e.txt").write_text("") and str(p / "e.txt") or str(p / "e.txt"), "no training text"),
-        (lambda p: (p / "x.csv").write_text("a,b") and str(p / "x.csv"), "unsupported file type '.csv'"),
-        (lambda p: (p / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n') and str(p / "bad.jsonl"), "line 2 is not valid JSON"),
-        (lambda p: str(write_jsonl(p / "f.jsonl", [{"body": "x"}])), "fields found: body"),
-        (lambda p: (p / "u.txt").write_bytes(b"\xff\xfe\xfa") and str(p / "u.txt"), "not UTF-8"),
-        (lambda p: (p / "c.parquet").write_bytes(b"nope") and str(p / "c.parquet"), "not a readable parquet"),
-        (lambda p: (p / "emptydir").mkdir() or str(p / "emptydir"), "holds no"),
-        (lambda p: "no-such-org/no-such-dataset", "hub is not reachable"),
-    ],
-)
-def test_bad_data_gives_one_clear_error(tmp_path, monkeypatch, setup, match):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=match):
-        load_corpus(setup(tmp_path))
+def test_pack_with_the_real_tokenizer_is_fast_and_exact(smol_tokenizer):
+    tok = smol_tokenizer
+    texts = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i * 7} times." for i in range(3000)]
+    start = time.perf_counter()
+    blocks = pack(texts, tok, 256)
+    elapsed = time.perf_counter() - start
+    ids = [t for text in texts for t in tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    assert blocks.shape == (len(ids) // 256, 256) and blocks.flatten().tolist() == ids[: blocks.numel()]
+    assert (blocks == tok.eos_token_id).sum() == ids[: blocks.numel()].count(tok.eos_token_id) > 2000
+    assert tok.bos_token_id is None or tok.bos_token_id == tok.eos_token_id or (blocks == tok.bos_token_id).sum() == 0
+    assert elapsed < 10, f"packing ~60K tokens took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _only_other_files(p: Path) -> str:
+    (p / "docs").mkdir()
+    (p / "docs" / "readme.md").write_text("hello")
+    return str(p / "docs")
+
+
+def _empty_files(p: Path) -> str:
+    (p / "blank").mkdir()
+    (p / "blank" / "a.txt").write_text("\n\n  \n")
+    write_jsonl(p / "blank" / "b.jsonl", [])
+    return str(p / "blank")
+
+
+def _corrupt_saved(p: Path) -> str:
+    (p / "saved").mkdir()
+    (p / "saved" / "state.json").write_text("{not json")
+    return str(p / "saved")
+
+
+def _empty_saved(p: Path) -> str:
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["", "  \n"]}).save_to_disk(str(p / "empty_ds"))
+    return str(p / "empty_ds")
+
+
+def file(name: str, content: str | bytes):
+    """A setup writing one file into the test folder and returning its path."""
+
+    def setup(p: Path) -> str:
+        (p / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(p / name)
+
+    return setup
+
+
+BAD_SOURCES = [
+    (lambda p: str(p / "missing.txt"), r"data path .*missing\.txt does not exist; check the path, or use --data"),
+    (lambda p: str(p / "nested" / "dir" / "data"), r"does not exist"),
+    (file("e.txt", ""), r"e\.txt is empty: no training text; add text"),
+    (file("e.jsonl", "\n\n"), r"e\.jsonl is empty"),
+    (file("x.csv", "a,b"), r"unsupported file type '\.csv'; supported: \.txt, \.jsonl, \.parquet"),
+    (file("bad.jsonl", '{"text": "ok"}\n{oops\n'), r"bad\.jsonl: line 2 is not valid JSON"),
+    (file("list.jsonl", '["a", "b"]\n'), r"line 1 is a JSON list, not an object"),
+    (file("f.jsonl", '{"body": "x", "meta": 1}\n'), r"fields found: body, meta; pass text_field"),
+    (file("n.jsonl", '{"text": ["a", "list"]}\n'), r"field 'text' holds list values, not text"),
+    (file("u.txt", b"ok\xff\xfe\xfa"), r"u\.txt is not UTF-8 text \(byte 2"),
+    (file("u.jsonl", b'{"text": "\xff"}\n'), r"is not UTF-8 text"),
+    (file("c.parquet", b"PAR1 this is not parquet"), r"c\.parquet is not a readable parquet file"),
+    (lambda p: str(write_parquet(p / "w.parquet", {"title": ["a"]})), r"fields found: title"),
+    (lambda p: (p / "void").mkdir() or str(p / "void"), r"holds no \.txt, \.jsonl, \.parquet files \(it is empty"),
+    (_only_other_files, r"holds no .* files \(found only: \.md\)"),
+    (_empty_files, r"the files in .*blank are empty: no training text"),
+    (_corrupt_saved, r"cannot read the saved dataset"),
+    (_empty_saved, r"has no training text: it holds no text"),
+    (file("one.jsonl", '{"text": "only one"}\n'), r"all 1 of its documents fell in the held-out split"),
+]
+
+
+@pytest.mark.parametrize("setup,match", BAD_SOURCES)
+def test_bad_data_gives_one_clear_error(tmp_path, setup, match):
+    source = setup(tmp_path)
+    with pytest.raises(DataError, match=match) as err:
+        load_corpus(source, heldout_fraction=0.99 if "one.jsonl" in source else 0.05)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_missing_text_field_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello there"}])
+    with pytest.raises(DataError, match=r"no field 'body'; fields found: text"):
+        load_corpus(str(path), text_field="body")
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_unreachable_hub_fails_fast_with_alternatives(monkeypatch, offline):
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"Hugging Face hub .*use --data builtin \(offline\), a local") as err:
+        load_corpus("no-such-org-liger/no-such-dataset-xyz")
+    assert time.perf_counter() - start < 15
+    assert ("offline mode" in str(err.value)) == offline
+
+
+def test_bad_arguments():
+    with pytest.raises(DataError, match=r"heldout_fraction must be in \[0, 1\)"):
+        load_corpus("builtin", heldout_fraction=1.0)
+    with pytest.raises(DataError, match="max_documents must be at least 1"):
+        load_corpus("builtin", max_documents=0)
+    with pytest.raises(DataError, match="seq_len must be at least 1"):
+        pack(["abc"], ByteTokenizer(), 0)

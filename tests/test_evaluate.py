@@ -4,6 +4,7 @@ offline, the CLI end to end, and its errors."""
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ import liger
 from liger.cli import main
 from liger.evaluate.efficiency import measure
 from liger.evaluate.perplexity import compare_lm, perplexity
-from liger.evaluate.recall import passkey_probe, score_probe
+from liger.evaluate.recall import mqar_probe, passkey_probe
 from liger.evaluate.scoring import encode_pair, score_continuations
-from liger.evaluate.tasks import cloze_items, continuation_items
+from liger.evaluate.tasks import Item, cloze_items, continuation_items, score_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,50 @@ def test_task_items_are_seeded_and_well_formed():
     assert len(cont) == 5 and all(len(i.context.split()) == 40 for i in cont)
 
 
+class _Rigged(torch.nn.Module):
+    """A 'model' whose next-token distribution always puts almost all mass on one token id."""
+
+    def __init__(self, vocab: int, favourite: int, boost: float = 20.0):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.favourite, self.boost = vocab, favourite, boost
+        self.config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(max_position_embeddings=4096))
+
+    def forward(self, ids, attention_mask=None, logits_to_keep=0, **kw):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        logits[..., self.favourite] = self.boost
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
+
+
+def test_multiple_choice_scoring_on_a_rigged_model(tok):
+    paris = tok(" Paris", add_special_tokens=False).input_ids
+    assert len(paris) == 1
+    model = _Rigged(len(tok), paris[0])
+    items = [Item("The capital of France is", ("London", "Paris", "Rome", "Berlin"), 1),
+             Item("The capital of Italy is", ("Paris", "London", "Rome", "Berlin"), 2)]
+    r = score_items(model, tok, items, batch_size=3)
+    assert r["predictions"] == [1, 0] and r["acc"] == 0.5 and r["acc_norm"] == 0.5 and r["chance"] == 0.25
+    # A uniform model gives every token log(1/V): acc prefers the fewest tokens, acc_norm the fewest tokens
+    # per character of the choice (lm-eval's normalisation).
+    uniform = _Rigged(len(tok), paris[0], boost=0.0)
+    choices = ("cat", "x y z", "extraordinarily", "q")
+    n_tok = [len(tok(" " + c, add_special_tokens=False).input_ids) for c in choices]
+    r = score_items(uniform, tok, [Item("Say a word:", choices, 2)])
+    by_norm = max(range(4), key=lambda i: -n_tok[i] / len(choices[i]))
+    assert r["predictions"] == [min(range(4), key=lambda i: n_tok[i])]
+    assert r["acc_norm"] == float(by_norm == 2) and by_norm != r["predictions"][0]
+
+
+def test_mqar_probe_is_seeded_and_spans_hold_the_codes(tok):
+    a, b = mqar_probe(tok, 8, seed=1), mqar_probe(tok, 8, seed=1)
+    assert a == b and a != mqar_probe(tok, 8, seed=2)
+    assert len(a.spans) == 8 and len(set(a.answers)) == 8
+    text = tok.decode(a.ids)
+    for (s, e), code in zip(a.spans, a.answers):
+        assert tok.decode(a.ids[s:e]) == code and text.count(f" {code}.") == 2  # stated once, recalled once
+    assert all(e0 <= s1 for (_, e0), (s1, _) in zip(a.spans, a.spans[1:]))
+
+
 def test_passkey_probe_places_the_key(tok):
     for depth in (0.0, 0.5, 1.0):
         probe, info = passkey_probe(tok, 1024, depth, seed=3)
@@ -89,12 +134,17 @@ def test_passkey_probe_places_the_key(tok):
 
 def test_efficiency_rows_and_constant_linear_cache():
     model = liger.linearize(tiny_model("llama"))
-    rows = measure(model, [32, 64, 128], (1, 2), decode_tokens=3)
-    assert len(rows) == 6 and all(r["prefill_s"] > 0 and r["decode_ms_per_step"] > 0 for r in rows)
+    rows = measure(model, [16, 48], (1, 2), decode_tokens=2)
+    assert [(r["length"], r["batch"]) for r in rows] == [(16, 1), (16, 2), (48, 1), (48, 2)]
+    for r in rows:
+        assert r["prefill_s"] > 0 and r["decode_ms_per_step"] > 0 and r["decode_tokens"] == 2
+        assert r["peak_rss_bytes"] >= r["peak_extra_bytes"] >= 0 and r["peak_rss_bytes"] > 0
+        assert r["cache_bytes"] == r["cache_bytes_per_sequence"] * r["batch"]
     b1 = [r["cache_bytes"] for r in rows if r["batch"] == 1]
-    assert len(set(b1)) == 1 and b1[0] > 0
-    soft = measure(tiny_model("llama"), [32, 64], (1,), decode_tokens=2)
-    assert soft[1]["cache_bytes"] > soft[0]["cache_bytes"]
+    assert len(set(b1)) == 1 and b1[0] == liger.cache.cache_footprint(model)["fixed"]  # constant, as predicted
+    soft = measure(tiny_model("llama"), [16, 48], (1,), decode_tokens=2, warmup=False)
+    per_token = liger.cache.cache_footprint(model)["original_per_token"]
+    assert [r["cache_bytes"] for r in soft] == [(16 + 2) * per_token, (48 + 2) * per_token]
 
 
 def test_lm_eval_local_yaml_task_offline(tok, monkeypatch):
@@ -127,9 +177,15 @@ def test_cli_end_to_end_and_deterministic(folders, tmp_path, monkeypatch):
         assert a["sections"][key] == b["sections"][key]  # same seed, same numbers
     for png in a["plots"]:
         assert (tmp_path / "a" / png).read_bytes()[:4] == b"\x89PNG"
-    assert {"passkey_teacher.png", "passkey_linearized.png", "efficiency.png"} <= set(a["plots"])
+    assert set(a["plots"]) == {"lm_by_position.png", "passkey_teacher.png", "passkey_linearized.png", "mqar.png",
+                               "efficiency.png"}
     md = (tmp_path / "a" / "eval.md").read_text()
     assert "| metric | teacher | linearized | ratio |" in md and "lm-eval liger_tiny_mc" in md
+    assert a["command"].startswith("liger eval --model ") and "--quick" in a["command"] and a["command"] in md
+    for png in a["plots"]:
+        assert f"]({png})" in md
+    eff = a["sections"]["efficiency"]
+    assert [(r["length"], r["batch"]) for r in eff["linearized"]] == [(32, 1), (64, 1)]
 
 
 @pytest.mark.parametrize(
@@ -138,6 +194,9 @@ def test_cli_end_to_end_and_deterministic(folders, tmp_path, monkeypatch):
         (["--tasks", "no_such_task_xyz"], "unknown lm-eval task"),
         (["--recall-lengths", "4096"], "beyond the model's limit of 1024"),
         (["--sections", "lm,vibes"], "unknown section"),
+        (["--lengths", "512,2048"], "--lengths 2048 is beyond the model's limit of 1024"),
+        (["--sections", "lm_eval"], "the lm_eval section needs --tasks"),
+        (["--depths", "0,1.5"], "--depths must be numbers between 0 and 1"),
     ],
 )
 def test_cli_errors(folders, tmp_path, capsys, extra, match):
@@ -151,3 +210,12 @@ def test_missing_or_unloadable_model(folders, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "--model", str(folders / "teacher")]) == 2
     assert "not a liger checkpoint" in capsys.readouterr().err
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_report(folders, tmp_path, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(_eval_args(folders, out, "--sections", "lm")) == 2
+    assert "not an eval report" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"

@@ -41,7 +41,10 @@ def test_matches_reference_outputs_states_and_grads(op, T, with_state):
     rgrads = torch.autograd.grad((ro * do.double()).sum() + (rs * ds.double()).sum(), leaves)
     for name, a, b in zip("q k v g h0".split(), grads, rgrads):
         assert torch.isfinite(a).all(), name
-        assert rel_err(a, b) < TOL, name
+        if b.abs().max() == 0:  # T=1 without a state: d/dg is exactly 0; float rounding may leave ~1e-16
+            assert a.abs().max() < 1e-6, name
+        else:
+            assert rel_err(a, b) < TOL, name
 
 
 def test_final_state_only_when_asked_and_default_scale():

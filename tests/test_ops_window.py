@@ -27,8 +27,9 @@ def test_prefill_matches_reference_with_padding_and_grads(T, W):
     do = torch.randn_like(o)
     ga = torch.autograd.grad((o * do).sum(), [q, k, v])
     gb = torch.autograd.grad((r * do.double()).sum(), [q, k, v])
-    for a, b in zip(ga, gb):  # (T=1: the exact q/k gradients are 0, so an absolute floor)
-        assert torch.isfinite(a).all() and (a.double() - b).norm() <= 1e-5 * b.norm() + 1e-6
+    floor = 1e-5 * do.double().norm()  # T=1: the exact q/k gradients are 0; float32 leaves ~1e-7 per element
+    for a, b in zip(ga, gb):
+        assert torch.isfinite(a).all() and (a.double() - b).norm() <= 1e-5 * b.norm() + floor
 
 
 @pytest.mark.parametrize("chunks", [[1] * 90, [20] + [1] * 70, [7, 50, 1, 1, 31]])

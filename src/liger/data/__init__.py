@@ -1,95 +1,176 @@
 """Training and evaluation text: sources, a fixed held-out split, and packing into token blocks.
 
-`load_corpus(source)` returns the documents of a source split into `train` and `heldout`. Unless the
-source brings its own validation split, a document is held out iff the SHA-256 of its text falls in the
-lowest `heldout_fraction` of the hash space: membership depends on the document alone (adding or removing
-others never moves it), duplicates are removed first (so a text cannot sit on both sides), and `seed`
-only shuffles the training order. `pack` turns documents into [N, seq_len] token blocks.
+`load_corpus(source)` returns the documents of a source, deduplicated and split into `train` and
+`heldout`. Sources: "builtin" (offline, from Python's own documentation, see `builtin`), "self" (text
+the teacher generates, see `selfgen`), a local .txt/.jsonl/.parquet file or a folder of them (see
+`files`), a folder written by `datasets`' save_to_disk, or a Hugging Face hub dataset id (see `hf`).
+The words "builtin" and "self" always mean those sources; a folder so named is reached as ./builtin.
+
+The held-out split. Documents are stripped and exact duplicates removed first (the first occurrence is
+kept), so one text can never sit on both sides. If the source brings its own held-out split (a saved
+DatasetDict with a "validation"/"test" split) that split is the held-out set and any training document
+equal to one of its documents is dropped. Otherwise a document is held out iff the first 8 bytes of the
+SHA-256 of its UTF-8 text, read as a big-endian integer, fall below `heldout_fraction * 2**64`
+(`is_heldout`): membership depends on the document alone, so adding or removing other documents never
+moves it between the sides. If that leaves no held-out document (a tiny source) and there are at least
+two, the one with the smallest hash is held out. Held-out documents are ordered by that hash (stable, and
+mixed across the source); `seed` only shuffles the training documents, never the split.
+`max_documents` keeps at most that many training documents (after the shuffle); for "self" it is the
+number of samples to generate (default 256).
+
+`pack(texts, tokenizer, seq_len)` tokenizes documents without special tokens, appends EOS after each,
+concatenates them in order and cuts [N, seq_len] int64 blocks, dropping the incomplete tail.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+import warnings
+from array import array
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import DataError
 from .builtin import builtin_documents
-from .files import SUFFIXES, dataset_documents, is_saved_dataset, local_documents
+from .files import local_documents
+from .hf import hub_documents, is_saved_dataset, looks_like_hub_id, saved_documents
 from .selfgen import self_generated
 
-__all__ = ["Corpus", "load_corpus", "pack", "is_heldout"]
+__all__ = ["Corpus", "DataSpec", "load_corpus", "pack", "is_heldout"]
+
+BUILTIN_DESCRIPTION = "builtin (pydoc_data.topics + stdlib docstrings)"
+SELF_SAMPLES = 256  # default number of teacher samples for "self"
+SELF_SEED = 0  # the generation seed of "self": fixed, so every seed sees the same documents and split
+
+
+@dataclass
+class DataSpec:
+    """Where a Corpus came from and how it was split, for reports (`asdict`-able)."""
+
+    name: str  # the source as given: "builtin", "self", a path or a hub id
+    kind: str  # "builtin" | "self" | "local" | "saved" | "hub"
+    description: str
+    heldout_rule: str  # "sha256 < 0.05 of the hash space" or "the source's 'validation' split"
+    seed: int
+    n_train_docs: int
+    n_heldout_docs: int
+    train_chars: int
+    heldout_chars: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class Corpus:
+    """Documents to train on and documents never trained on (see the module docstring for the split)."""
+
     train: list[str]
     heldout: list[str]
-    source: str
+    source: str  # description, e.g. "builtin (pydoc_data.topics + stdlib docstrings)"
+    spec: DataSpec | None = None
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 def is_heldout(text: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-    return h < fraction * 2**64
+    """True iff `text` (already stripped) falls in the held-out `fraction` of the SHA-256 hash space."""
+    return _hash(text) < fraction * 2**64
 
 
 def _dedupe(docs: list[str]) -> list[str]:
-    return list(dict.fromkeys(d.strip() for d in docs if d and d.strip()))
+    """Stripped, non-empty documents, exact duplicates removed (first occurrence kept, order preserved)."""
+    return list(dict.fromkeys(s for s in (d.strip() for d in docs) if s))
+
+
+def _read_source(source: str, tokenizer, model, text_field: str | None, max_documents: int | None):
+    """(documents, held-out documents or None, kind, description) of a source."""
+    if source == "builtin":
+        return builtin_documents(), None, "builtin", BUILTIN_DESCRIPTION
+    if source == "self":
+        n = max_documents or SELF_SAMPLES
+        docs = self_generated(model, tokenizer, num_samples=n, seed=SELF_SEED)
+        name = getattr(getattr(model, "config", None), "name_or_path", "") or "the model"
+        return docs, None, "self", f"self ({n} samples generated by {name})"
+    path = Path(source).expanduser()
+    if path.exists():
+        if is_saved_dataset(path):
+            train, held, desc = saved_documents(path, text_field)
+            return train, held, "saved", desc
+        return local_documents(path, text_field), None, "local", f"local {path}"
+    if looks_like_hub_id(source):
+        return hub_documents(source, text_field), None, "hub", f"hub dataset {source}"
+    raise DataError(f"data path {source} does not exist; check the path, or use --data builtin")
+
+
+def _hash_split(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    hashes = {d: _hash(d) for d in docs}
+    held = [d for d in docs if hashes[d] < fraction * 2**64]
+    if not held and fraction > 0 and len(docs) >= 2:
+        held = [min(docs, key=hashes.__getitem__)]
+    held_set = set(held)
+    return [d for d in docs if d not in held_set], sorted(held, key=hashes.__getitem__)
 
 
 def load_corpus(source: str = "builtin", *, tokenizer=None, model=None, seed: int = 0,
                 heldout_fraction: float = 0.05, text_field: str | None = None,
                 max_documents: int | None = None) -> Corpus:
-    """Documents of `source`: "builtin", "self", a local file or folder, a save_to_disk folder or a hub id."""
-    if not 0 < heldout_fraction < 1:
-        raise DataError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
-    held: list[str] | None = None
-    path = Path(source).expanduser()
-    if source == "builtin":
-        docs, desc = builtin_documents(), "builtin (pydoc_data.topics + standard-library docstrings)"
-    elif source == "self":
-        docs = self_generated(model, tokenizer, num_samples=max_documents or 256, seed=seed)
-        desc = "self (text generated by the teacher)"
-    elif path.exists():
-        if is_saved_dataset(path):
-            docs, held = dataset_documents(source, text_field)
-        else:
-            docs = local_documents(source, text_field)
-        desc = f"local: {path}"
-    elif path.suffix in SUFFIXES or source.startswith((".", "/", "~")):
-        raise DataError(f"data path {source} does not exist")
-    else:
-        docs, held = dataset_documents(source, text_field)
-        desc = f"hub dataset {source}"
+    """Documents of `source` split into train and held-out (see the module docstring for the rules).
+
+    `tokenizer` and `model` are needed by "self" only; `text_field` names the text column of tables and
+    JSON lines; `max_documents` caps the training documents (for "self": the number of samples)."""
+    source = str(source)
+    if not 0 <= heldout_fraction < 1:
+        raise DataError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if max_documents is not None and max_documents < 1:
+        raise DataError(f"max_documents must be at least 1, got {max_documents}")
+    docs, held, kind, desc = _read_source(source, tokenizer, model, text_field, max_documents)
     docs = _dedupe(docs)
     if held is not None:
         held = _dedupe(held)
-        heldset = set(held)
-        train = [d for d in docs if d not in heldset]
+        held_set = set(held)
+        train = [d for d in docs if d not in held_set]
+        rule = "the source's own held-out split"
     else:
-        train = [d for d in docs if not is_heldout(d, heldout_fraction)]
-        held = [d for d in docs if is_heldout(d, heldout_fraction)]
-    if max_documents is not None and source != "self":
-        train = train[:max_documents]
+        train, held = _hash_split(docs, heldout_fraction)
+        rule = f"sha256 < {heldout_fraction:g} of the hash space"
     if not train:
-        raise DataError(f"the data source {source!r} has no training text (is it empty?)")
+        why = (f"all {len(held)} of its documents fell in the held-out split; add data or lower heldout_fraction"
+               if held else "it holds no text; add data or use --data builtin")
+        raise DataError(f"the data source {source!r} has no training text: {why}")
     random.Random(seed).shuffle(train)
-    return Corpus(train=train, heldout=held, source=desc)
+    if max_documents is not None and kind != "self":
+        train = train[:max_documents]
+    spec = DataSpec(name=source, kind=kind, description=desc, heldout_rule=rule, seed=seed,
+                    n_train_docs=len(train), n_heldout_docs=len(held),
+                    train_chars=sum(map(len, train)), heldout_chars=sum(map(len, held)))
+    return Corpus(train=train, heldout=held, source=desc, spec=spec)
 
 
 def pack(texts: list[str], tokenizer, seq_len: int, *, add_eos: bool = True) -> torch.Tensor:
-    """Tokenize (no special tokens; EOS after each document), concatenate and cut into [N, seq_len] blocks
-    (LongTensor); the incomplete tail is dropped. An empty list gives a [0, seq_len] tensor."""
-    ids: list[int] = []
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
-    for i in range(0, len(texts), 256):
-        for row in tokenizer(texts[i : i + 256], add_special_tokens=False)["input_ids"]:
+    """Token blocks of `texts`: a LongTensor [N, seq_len].
+
+    Each document is tokenized without special tokens (in batches), followed by `tokenizer.eos_token_id`
+    when `add_eos`; the documents are concatenated in order and cut into consecutive `seq_len` blocks,
+    the incomplete tail dropped. DataError when the text does not fill one block."""
+    if seq_len < 1:
+        raise DataError(f"seq_len must be at least 1, got {seq_len}")
+    eos = tokenizer.eos_token_id if add_eos else None
+    if add_eos and eos is None:
+        warnings.warn("the tokenizer has no EOS token: documents are packed without a separator", stacklevel=2)
+    ids = array("q")
+    for start in range(0, len(texts), 1024):
+        for row in tokenizer(list(texts[start : start + 1024]), add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(row)
-            ids.extend(eos)
+            if eos is not None:
+                ids.append(eos)
     n = len(ids) // seq_len
-    if n == 0 and texts:
-        raise DataError(f"not enough text for one {seq_len}-token block ({len(ids)} tokens); add data or lower --seq-len")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    if n == 0:
+        raise DataError(f"not enough text for one {seq_len}-token block ({len(ids)} tokens from {len(texts)} "
+                        f"documents); add data or lower --seq-len")
+    return torch.frombuffer(ids, dtype=torch.int64)[: n * seq_len].clone().view(n, seq_len)

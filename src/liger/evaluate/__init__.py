@@ -1,2 +1,11 @@
-"""Evaluation: perplexity and teacher agreement, offline zero-shot tasks, long-context recall, efficiency,
-lm-evaluation-harness, and the `liger eval` report."""
+"""Evaluation: a linearized model against its teacher, on the same inputs.
+
+Modules, one job each:
+- scoring: log-likelihood of continuations (lm-eval's multiple-choice scoring), spans by teacher forcing
+- perplexity: held-out perplexity, top-1 agreement and KL(teacher || student) on packed blocks
+- tasks: offline zero-shot cloze / continuation items from held-out text, scored as lm-eval does
+- recall: passkey retrieval and multi-query associative recall probes
+- efficiency (+ memory): prefill / decode speed, peak RSS and cache bytes; shared with `liger bench`
+- lm_eval_adapter: lm-evaluation-harness on a model in memory, task names or local task YAML
+- plots, report: PNGs, eval.md and the summary table; runner, command: `liger eval`
+"""

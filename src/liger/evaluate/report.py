@@ -1,6 +1,42 @@
-"""eval.md: one table of metric | teacher | linearized | ratio, then a section per part."""
+"""eval.md: one table of metric | teacher | linearized | ratio, then a section per part; and the run header
+(date, machine, exact command) recorded in eval.json."""
 
 from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from .lm_eval_adapter import PREFERRED_METRIC
+
+
+def machine() -> str:
+    """CPU model (and GPU if any), core count, torch version and its thread count, in words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def run_header(argv: list[str] | None = None) -> dict:
+    """{"date", "machine", "command"}: the command as typed (shell-quoted), default `sys.argv`."""
+    argv = sys.argv if argv is None else argv
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+        "command": " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]]),
+    }
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -42,9 +78,9 @@ def summary_rows(sec: dict) -> list[dict]:
                 add(f"decode ms/step at {L} tokens, batch {batch}", t["decode_ms_per_step"], s["decode_ms_per_step"],
                     "lower")
             add(f"cache MiB at {L} tokens, batch {batch}", t["cache_bytes"] / 2**20, s["cache_bytes"] / 2**20, "lower")
+            add(f"peak memory above the models, MiB, at {L} tokens, batch {batch}", t["peak_extra_bytes"] / 2**20,
+                s["peak_extra_bytes"] / 2**20, "lower")
     for task, metrics in sec.get("lm_eval", {}).get("teacher", {}).items():
-        from .lm_eval_adapter import PREFERRED_METRIC
-
         metric = PREFERRED_METRIC.get(task, "acc_norm" if "acc_norm" in metrics else "acc")
         if metric in metrics:
             add(f"lm-eval {task} {metric}", metrics[metric], sec["lm_eval"]["linearized"][task].get(metric), "higher")
@@ -59,56 +95,81 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(_fmt(x) for x in row) + " |" for row in rows
+    ]
+
+
 def eval_markdown(res: dict) -> str:
+    """The report: header (command, date, machine), the summary table, then one section per part."""
     sec = res["sections"]
     lines = [
         f"# liger eval: {res['model']} vs. {res['teacher']}",
         "",
-        f"{res['date']} on {res['machine']}",
+        f"- command: `{res['command']}`",
+        f"- date: {res['date']}",
+        f"- machine: {res['machine']}",
         "",
-        f"Command: `{res['command']}`",
+        "ratio = linearized / teacher.",
         "",
-        "| metric | teacher | linearized | ratio | better |",
-        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['metric']} | {_fmt(r['teacher'])} | {_fmt(r['linearized'])} | {_fmt(r['ratio'])} | {r['better']} |"
-              for r in res["summary"]]
+    lines += _table(["metric", "teacher", "linearized", "ratio", "better"],
+                    [[r["metric"], r["teacher"], r["linearized"], r["ratio"], r["better"]] for r in res["summary"]])
     if "lm" in sec:
         lm = sec["lm"]
         lines += ["", "## Language modelling", "",
                   f"{lm['blocks']} held-out blocks of {lm['seq_len']} tokens ({lm['tokens']:,} predicted tokens) from "
-                  f"{lm['data']}; the same blocks for both models.", "", "![NLL by position](lm_by_position.png)"]
+                  f"{lm['data']}, the same blocks for both models. Perplexity = exp(mean next-token NLL); top-1 "
+                  "agreement = fraction of positions where both models' argmax agree; KL(teacher || linearized) = "
+                  "mean over positions of the sum over the vocabulary, in nats.", "",
+                  "![NLL by position](lm_by_position.png)"]
     if "tasks" in sec:
         lines += ["", "## Zero-shot multiple choice (offline, from held-out text)", "",
-                  "Scored like lm-eval-harness: the summed log-likelihood of each choice after the context (acc) and "
-                  "per character of the choice (acc_norm). cloze: the true next word of a passage vs. other words of "
-                  "the same document; continuation: the true next 12 words vs. those of other passages."]
+                  "Scored like lm-eval-harness: the summed log-likelihood of \" \" + choice after the context (acc) "
+                  "and that log-likelihood per character of the choice (acc_norm). cloze: the true next word of a "
+                  "48-word passage vs. 3 other words of the same document; continuation: the true next 12 words "
+                  "of a 40-word passage vs. those of 3 other passages. Items are built from the seed.", ""]
+        rows = [[name, r["teacher"]["n"], r["teacher"]["chance"], r["teacher"]["acc"], r["linearized"]["acc"],
+                 r["teacher"]["acc_norm"], r["linearized"]["acc_norm"]] for name, r in sec["tasks"].items()]
+        lines += _table(["task", "items", "chance", "teacher acc", "linearized acc", "teacher acc_norm",
+                         "linearized acc_norm"], rows)
     if "recall" in sec:
         rec = sec["recall"]
         lines += ["", "## Long-context recall", "",
-                  "Passkey: a 5-digit key hidden at a depth of filler text, then asked for; a cell is the fraction "
-                  "of keys greedy decoding would reproduce exactly. MQAR: word -> 4-digit code pairs, then every "
-                  "word asked again.", ""]
+                  "Scored by teacher forcing: an answer counts as recalled when every one of its tokens is the "
+                  "model's argmax, i.e. exactly when greedy decoding would reproduce it. Passkey: a seeded 5-digit "
+                  "key in a needle sentence placed at a depth of repeated filler text, then asked for; cells show "
+                  "the exact-recall fraction and (second number) the fraction of key tokens correct. MQAR: "
+                  "\"The code for <word> is <4-digit number>.\" lines, then every word asked again in a "
+                  "shuffled order.", ""]
         lines += [f"![passkey {label}](passkey_{label}.png)" for label in rec["passkey"]]
-        lines += ["", "| MQAR pairs | prompt tokens | teacher exact | linearized exact |", "|---|---|---|---|"]
-        for t, s in zip(rec["mqar"]["teacher"], rec["mqar"]["linearized"]):
-            lines.append(f"| {t['pairs']} | {t['tokens']} | {t['exact']:.2f} | {s['exact']:.2f} |")
+        lines += [""] + _table(
+            ["MQAR pairs", "prompt tokens", "teacher exact", "linearized exact", "teacher token acc",
+             "linearized token acc"],
+            [[t["pairs"], t["tokens"], t["exact"], s["exact"], t["token_accuracy"], s["token_accuracy"]]
+             for t, s in zip(rec["mqar"]["teacher"], rec["mqar"]["linearized"])],
+        ) + ["", "![MQAR](mqar.png)"]
     if "efficiency" in sec:
+        method = next(iter(sec["efficiency"].values()))[0]["memory_method"]
         lines += ["", "## Efficiency", "",
-                  "Prefill: one forward pass over random tokens with a fresh cache; decode: single-token steps with "
-                  "that cache. Cache: bytes of every cache tensor after decoding. Peak RSS: the process's resident "
-                  "memory high-water mark during prefill + decode (both models loaded).", "",
-                  "| model | context | batch | prefill s | prefill tok/s | decode ms/step | cache MiB | peak RSS MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for label, rows in sec["efficiency"].items():
-            for r in rows:
-                lines.append(f"| {label} | {r['length']} | {r['batch']} | {r['prefill_s']:.2f} | "
-                             f"{r['prefill_tokens_per_s']:.0f} | {_fmt(r['decode_ms_per_step'])} | "
-                             f"{r['cache_bytes'] / 2**20:.1f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+                  "Prefill: one forward pass over seeded random tokens with a fresh cache (logits of the last position "
+                  "only); decode: single-token steps with that cache; one timed run each after a warm-up, wall clock "
+                  "(expect 2x noise on a shared CPU). Cache: bytes of every cache tensor after decoding (exact). "
+                  "Peak RSS: the process's resident-memory high-water mark during prefill + decode "
+                  f"({'kernel VmHWM, reset before each run' if method == 'vmhwm' else 'sampled every 2 ms'}); "
+                  "extra = peak minus RSS before the run (both models stay loaded).", ""]
+        rows = [[label, r["length"], r["batch"], r["prefill_s"], r["prefill_tokens_per_s"], r["decode_ms_per_step"],
+                 r["decode_tokens_per_s"], r["cache_bytes"] / 2**20, r["peak_rss_bytes"] / 2**20,
+                 r["peak_extra_bytes"] / 2**20]
+                for label, rs in sec["efficiency"].items() for r in rs]
+        lines += _table(["model", "context", "batch", "prefill s", "prefill tok/s", "decode ms/step", "decode tok/s",
+                         "cache MiB", "peak RSS MiB", "extra MiB"], rows)
         lines += ["", "![efficiency](efficiency.png)"]
     if "lm_eval" in sec:
-        lines += ["", "## lm-evaluation-harness", "", "| task | metric | teacher | linearized |", "|---|---|---|---|"]
-        for task, metrics in sec["lm_eval"]["teacher"].items():
-            for metric, value in metrics.items():
-                lines.append(f"| {task} | {metric} | {_fmt(value)} | {_fmt(sec['lm_eval']['linearized'][task].get(metric))} |")
+        lines += ["", "## lm-evaluation-harness", "",
+                  "Zero-shot, lm_eval.simple_evaluate on HFLM over the models in memory (no chat template).", ""]
+        lines += _table(["task", "metric", "teacher", "linearized"],
+                        [[task, metric, value, sec["lm_eval"]["linearized"][task].get(metric)]
+                         for task, metrics in sec["lm_eval"]["teacher"].items() for metric, value in metrics.items()])
     return "\n".join(lines) + "\n"

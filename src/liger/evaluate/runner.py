@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_output_dir
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import load_model
 
 SECTIONS = ("lm", "tasks", "recall", "efficiency", "lm_eval")
+DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 
 
 @dataclass
 class EvalOptions:
+    """What `run_eval` measures; see `liger eval --help` for each field."""
+
     model: str
     teacher: str | None = None  # default: the checkpoint's recorded teacher, else "bundled"
     out: str | None = None  # default: <model>/eval
@@ -32,11 +35,11 @@ class EvalOptions:
     seq_len: int = 512
     blocks: int = 24
     items: int = 100
-    recall_lengths: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    recall_lengths: tuple[int, ...] = DEFAULT_LENGTHS
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     passkey_samples: int = 1
     mqar_pairs: tuple[int, ...] = (4, 8, 16, 32)
-    eff_lengths: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    eff_lengths: tuple[int, ...] = DEFAULT_LENGTHS
     batch_sizes: tuple[int, ...] = (1, 8)
     decode_tokens: int = 8
     tasks: tuple[str, ...] = ()
@@ -44,11 +47,13 @@ class EvalOptions:
     batch_size: int = 4
     seed: int = 0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
+    command: str | None = None  # recorded in the report; default: sys.argv
+    # Length lists the user gave explicitly: beyond the model's limit they are an error; defaults are capped.
+    explicit_lengths: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls, **kw) -> "EvalOptions":
-        """Small sizes for a first look (a few minutes on a 2-core CPU)."""
+        """Small sizes for a first look (about 5-10 minutes on a 2-core CPU with the bundled teacher)."""
         base = dict(blocks=8, items=40, recall_lengths=(256, 512, 1024), depths=(0.0, 0.5, 1.0), mqar_pairs=(4, 8),
                     eff_lengths=(256, 512, 1024), batch_sizes=(1, 2), decode_tokens=4)
         return cls(**{**base, **kw})
@@ -59,69 +64,156 @@ def _log(msg: str, opts: EvalOptions) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _check(opts: EvalOptions, limit: int | None) -> None:
-    bad = [s for s in opts.sections if s not in SECTIONS]
-    if bad:
-        raise ConfigError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
-    if "lm_eval" in opts.sections:
-        if not opts.tasks:
-            raise ConfigError("the lm_eval section needs --tasks")
-        from .lm_eval_adapter import resolve_tasks
+def recorded_teacher(model_dir: str, model: torch.nn.Module) -> str | None:
+    """The teacher a checkpoint records: `liger_teacher` in its config (written by `liger linearize`) or a
+    "teacher" entry of its "liger" config."""
+    name = getattr(model.config, "liger_teacher", None)
+    if name:
+        return str(name)
+    try:
+        raw = json.loads((Path(model_dir).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    liger = raw.get("liger")
+    return liger.get("teacher") if isinstance(liger, dict) else None
 
-        resolve_tasks(list(opts.tasks))  # unknown names fail now, not after the other sections
-    lengths = [*opts.recall_lengths] * ("recall" in opts.sections) + [*opts.eff_lengths] * ("efficiency" in opts.sections)
-    if opts.seq_len and "lm" in opts.sections:
-        lengths.append(opts.seq_len)
-    if limit is not None and any(L > limit for L in lengths):
-        raise ConfigError(
-            f"context length {max(lengths)} is beyond the model's limit of {limit} tokens "
-            "(max_position_embeddings); lower --lengths / --recall-lengths / --seq-len"
-        )
-    if any(L < 1 for L in lengths) or opts.blocks < 1 or opts.items < 0:
-        raise ConfigError("lengths, --blocks must be >= 1 and --items >= 0")
+
+def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
+    """Validate `opts` against the model's context limit (`max_position_embeddings`); default length lists are
+    capped at the limit, explicit ones beyond it raise ConfigError. Returns the (possibly capped) options."""
+    bad = [s for s in opts.sections if s not in SECTIONS]
+    if bad or not opts.sections:
+        raise ConfigError(f"unknown section(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(SECTIONS)}")
+    if "lm_eval" in opts.sections and not opts.tasks:
+        raise ConfigError("the lm_eval section needs --tasks (e.g. --tasks piqa,arc_easy or a task YAML path)")
+    if opts.tasks and "lm_eval" not in opts.sections:
+        raise ConfigError("--tasks is given but --sections leaves out lm_eval; add it to --sections")
+    for name, value in [("--seq-len", opts.seq_len), ("--blocks", opts.blocks), ("--items", opts.items),
+                        ("--passkey-samples", opts.passkey_samples), ("--batch-size", opts.batch_size)]:
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if opts.decode_tokens < 0:
+        raise ConfigError(f"--decode-tokens must be >= 0, got {opts.decode_tokens}")
+    if any(d < 0 or d > 1 for d in opts.depths) or not opts.depths:
+        raise ConfigError(f"--depths must be numbers between 0 and 1, got {list(opts.depths)}")
+    from .recall import MQAR_KEYS
+
+    if not opts.mqar_pairs or any(not 1 <= n <= len(MQAR_KEYS) for n in opts.mqar_pairs):
+        raise ConfigError(f"--mqar-pairs must be between 1 and {len(MQAR_KEYS)}, got {list(opts.mqar_pairs)}")
+    if not opts.batch_sizes or any(b < 1 for b in opts.batch_sizes):
+        raise ConfigError(f"--batch-sizes must be >= 1, got {list(opts.batch_sizes)}")
+    flags = {"recall_lengths": "--recall-lengths", "eff_lengths": "--lengths"}
+    for name, flag in flags.items():
+        lengths = getattr(opts, name)
+        if not lengths or any(L < 1 for L in lengths):
+            raise ConfigError(f"{flag} must be positive token counts, got {list(lengths)}")
+        if limit is None:
+            continue
+        if name in opts.explicit_lengths:
+            over = [L for L in lengths if L > limit]
+            if over:
+                raise ConfigError(f"{flag} {','.join(map(str, over))} is beyond the model's limit of {limit} tokens "
+                                  f"(max_position_embeddings); use lengths up to {limit}")
+        else:
+            setattr(opts, name, tuple(L for L in lengths if L <= limit) or (limit,))
+    if limit is not None and "lm" in opts.sections and opts.seq_len > limit:
+        raise ConfigError(f"--seq-len {opts.seq_len} is beyond the model's limit of {limit} tokens "
+                          "(max_position_embeddings)")
+    if "recall" in opts.sections and min(opts.recall_lengths) < 128:
+        raise ConfigError("--recall-lengths must be >= 128 tokens (a passkey prompt needs about 100)")
+    return opts
+
+
+def output_dir(opts: EvalOptions) -> Path:
+    """The output folder; an existing one may hold only files an earlier `liger eval` wrote (it is replaced
+    as a whole), anything else raises ConfigError rather than be deleted."""
+    out = Path(opts.out or Path(opts.model) / "eval").expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder; choose another output folder")
+        foreign = [p.name for p in out.iterdir() if not (p.is_file() and (p.suffix == ".png" or p.name in
+                                                                           ("eval.json", "eval.md")))]
+        if foreign:
+            raise ConfigError(f"--out {out} holds files that are not an eval report ({', '.join(sorted(foreign)[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); it would be replaced: choose another folder")
+    return out
+
+
+def _load(opts: EvalOptions):
+    student, tok = load_model(opts.model, require_liger=True)
+    student = student.float().eval()
+    teacher_spec = opts.teacher or recorded_teacher(opts.model, student) or "bundled"
+    limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
+    check_options(opts, limit)
+    if "lm_eval" in opts.sections:
+        from .lm_eval_adapter import check_tasks
+
+        check_tasks(list(opts.tasks))  # unknown names and unreachable datasets fail now, not after an hour
+    _log(f"teacher: {teacher_spec}", opts)
+    teacher, teacher_tok = load_model(teacher_spec, dtype=torch.float32)
+    teacher.eval()
+    if teacher.config.get_text_config().vocab_size != student.config.get_text_config().vocab_size or (
+        teacher_tok.get_vocab() != tok.get_vocab()
+    ):
+        raise CheckpointError(f"the teacher {teacher_spec} does not share the checkpoint's tokenizer; pass the "
+                              "model it was converted from with --teacher")
+    return student, teacher, teacher_spec, tok
+
+
+def _heldout(opts: EvalOptions, tok, teacher) -> tuple[list[str], str]:
+    from ..data import load_corpus
+
+    corpus = load_corpus(opts.data, tokenizer=tok, model=teacher)
+    if not corpus.heldout:
+        raise DataError(f"the data source {opts.data!r} has no held-out documents; use a larger source")
+    return corpus.heldout, corpus.source
+
+
+def _bar(opts: EvalOptions, total: int, desc: str):
+    return tqdm(total=total, desc=desc, disable=not opts.progress, file=sys.stderr, leave=False)
 
 
 def run_eval(opts: EvalOptions) -> dict:
-    """Run the selected sections on both models; write eval.json, eval.md and the plots; return the results."""
-    from ..bench.common import header
+    """Run the selected sections on both models; write eval.json, eval.md and the plots into the output folder
+    (atomically); return the results (as in eval.json, plus "out")."""
     from . import plots
-    from .report import eval_markdown, summary_rows
+    from .report import eval_markdown, run_header, summary_rows
 
-    student, tok = load_model(opts.model, require_liger=True)
-    student = student.float().eval()
-    teacher_spec = opts.teacher or getattr(student.config, "liger_teacher", None) or "bundled"
-    limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
-    _check(opts, limit)
-    _log(f"teacher: {teacher_spec}", opts)
-    teacher, _ = load_model(teacher_spec, dtype=torch.float32)
-    teacher.eval()
+    out = output_dir(opts)
+    student, teacher, teacher_spec, tok = _load(opts)
     models = {"teacher": teacher, "linearized": student}
-    torch.manual_seed(opts.seed)
-    res: dict = {**header(), "model": str(opts.model), "teacher": teacher_spec, "options": asdict(opts), "sections": {}}
+    header = run_header()
+    if opts.command:
+        header["command"] = opts.command
+    res: dict = {**header, "model": str(opts.model), "teacher": teacher_spec, "options": asdict(opts), "sections": {}}
     sec = res["sections"]
+    torch.manual_seed(opts.seed)
 
     if "lm" in opts.sections or "tasks" in opts.sections:
-        from ..data import load_corpus, pack
-
-        corpus = load_corpus(opts.data, tokenizer=tok, model=teacher, seed=opts.seed)
+        heldout, source = _heldout(opts, tok, teacher)
     if "lm" in opts.sections:
+        from ..data import pack
         from .perplexity import compare_lm
 
-        blocks = pack(corpus.heldout, tok, opts.seq_len)[: opts.blocks]
+        blocks = pack(heldout, tok, opts.seq_len)[: opts.blocks]
+        if blocks.shape[0] == 0:
+            raise DataError(f"the held-out text of {opts.data!r} fills no {opts.seq_len}-token block; lower --seq-len")
         _log(f"language modelling on {blocks.shape[0]} held-out blocks of {opts.seq_len} tokens", opts)
-        with tqdm(total=blocks.shape[0], desc="lm", disable=not opts.progress) as bar:
-            sec["lm"] = {"data": corpus.source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
-                                                             on_batch=bar.update)}
+        with _bar(opts, blocks.shape[0], "lm (both models)") as bar:
+            sec["lm"] = {"data": source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
+                                                      on_batch=bar.update)}
     if "tasks" in opts.sections:
         from .tasks import cloze_items, continuation_items, num_requests, score_items
 
-        items = {"cloze": cloze_items(corpus.heldout, opts.items, opts.seed),
-                 "continuation": continuation_items(corpus.heldout, opts.items, opts.seed)}
+        items = {"cloze": cloze_items(heldout, opts.items, opts.seed),
+                 "continuation": continuation_items(heldout, opts.items, opts.seed)}
         sec["tasks"] = {}
         for name, its in items.items():
+            if not its:
+                raise DataError(f"the held-out text of {opts.data!r} is too short to build {name} items")
             sec["tasks"][name] = {}
             for label, m in models.items():
-                with tqdm(total=num_requests(its), desc=f"{name} ({label})", disable=not opts.progress) as bar:
+                with _bar(opts, num_requests(its), f"{name} ({label})") as bar:
                     r = score_items(m, tok, its, batch_size=opts.batch_size, on_batch=bar.update)
                 r.pop("predictions")
                 sec["tasks"][name][label] = r
@@ -131,40 +223,33 @@ def run_eval(opts: EvalOptions) -> dict:
         sec["recall"] = {"passkey": {}, "mqar": {}}
         for label, m in models.items():
             total = len(opts.recall_lengths) * len(opts.depths) * opts.passkey_samples
-            with tqdm(total=total, desc=f"passkey ({label})", disable=not opts.progress) as bar:
+            with _bar(opts, total, f"passkey ({label})") as bar:
                 sec["recall"]["passkey"][label] = passkey_grid(m, tok, opts.recall_lengths, opts.depths,
                                                                opts.passkey_samples, opts.seed, lambda _: bar.update())
-            sec["recall"]["mqar"][label] = mqar_sweep(m, tok, opts.mqar_pairs, seed=opts.seed)
+            with _bar(opts, 2 * len(opts.mqar_pairs), f"mqar ({label})") as bar:
+                sec["recall"]["mqar"][label] = mqar_sweep(m, tok, opts.mqar_pairs, seed=opts.seed,
+                                                          on_probe=lambda _: bar.update())
     if "efficiency" in opts.sections:
         from .efficiency import measure
 
         sec["efficiency"] = {}
         for label, m in models.items():
-            total = len(opts.eff_lengths) * len(opts.batch_sizes)
-            with tqdm(total=total, desc=f"efficiency ({label})", disable=not opts.progress) as bar:
+            with _bar(opts, len(opts.eff_lengths) * len(opts.batch_sizes), f"efficiency ({label})") as bar:
                 sec["efficiency"][label] = measure(m, opts.eff_lengths, opts.batch_sizes, opts.decode_tokens,
                                                    opts.seed, on_result=lambda _: bar.update())
     if "lm_eval" in opts.sections:
         from .lm_eval_adapter import run_lm_eval
 
-        sec["lm_eval"] = {label: run_lm_eval(m, tok, list(opts.tasks), opts.batch_size, opts.lm_eval_limit, opts.seed)
-                          for label, m in models.items()}
+        sec["lm_eval"] = {}
+        for label, m in models.items():
+            _log(f"lm-eval ({label}): {', '.join(opts.tasks)}", opts)
+            sec["lm_eval"][label] = run_lm_eval(m, tok, list(opts.tasks), opts.batch_size, opts.lm_eval_limit,
+                                                opts.seed)
 
     res["summary"] = summary_rows(sec)
-    out = Path(opts.out or Path(opts.model) / "eval")
     with atomic_output_dir(out, keep_other_files=False) as tmp:
-        pngs = []
-        if "lm" in sec:
-            plots.nll_by_position(sec["lm"], tmp / "lm_by_position.png")
-            pngs.append("lm_by_position.png")
-        if "recall" in sec:
-            for label, rows in sec["recall"]["passkey"].items():
-                plots.passkey_heatmap(rows, f"passkey retrieval: {label}", tmp / f"passkey_{label}.png")
-                pngs.append(f"passkey_{label}.png")
-        if "efficiency" in sec:
-            plots.efficiency_plot(sec["efficiency"], tmp / "efficiency.png")
-            pngs.append("efficiency.png")
-        res["plots"] = pngs
+        res["plots"] = plots.draw_all(sec, tmp)
         (tmp / "eval.json").write_text(json.dumps(res, indent=2))
         (tmp / "eval.md").write_text(eval_markdown(res))
+    res["out"] = str(out)
     return res

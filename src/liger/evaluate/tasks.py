@@ -23,7 +23,7 @@ from torch import nn
 
 from .scoring import encode_pair, score_continuations
 
-_WORD = re.compile(r"[A-Za-z]{3,}")
+_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
 @dataclass(frozen=True)
@@ -44,29 +44,32 @@ def cloze_items(
     texts: Sequence[str], n: int, seed: int = 0, context_words: int = 48, num_choices: int = 4
 ) -> list[Item]:
     """Up to `n` last-word cloze items: `context_words` words of a document, then its next word (alphabetic,
-    3+ letters) against `num_choices - 1` other such words of the same document (distinct, case-insensitive).
-    At most one item per document, documents visited in a seeded random order."""
+    4+ letters) against `num_choices - 1` other such words of the same document (distinct, case-insensitive).
+    Passages do not overlap; they are drawn from all documents in a seeded random order."""
     rng = random.Random(f"cloze-{seed}")
-    order = list(range(len(texts)))
-    rng.shuffle(order)
+    candidates: list[tuple[int, int]] = []  # (document, index of the target word)
+    for d, text in enumerate(texts):
+        words, free = _words(text), 0
+        for i in range(context_words, len(words)):
+            if i - context_words >= free and _WORD.fullmatch(words[i]):
+                candidates.append((d, i))
+                free = i + 1
+    rng.shuffle(candidates)
     items: list[Item] = []
-    for d in order:
+    vocab: dict[int, list[str]] = {}
+    for d, target in candidates:
         if len(items) >= n:
             break
         words = _words(texts[d])
-        vocab = sorted({w for w in words if _WORD.fullmatch(w)}, key=str.lower)
-        candidates = [i for i in range(context_words, len(words)) if _WORD.fullmatch(words[i])]
-        if not candidates:
-            continue
-        target = rng.choice(candidates)
+        if d not in vocab:
+            vocab[d] = sorted({w.lower(): w for w in words if _WORD.fullmatch(w)}.values())
         answer = words[target]
-        others = sorted({w.lower(): w for w in vocab if w.lower() != answer.lower()}.values())
+        others = [w for w in vocab[d] if w.lower() != answer.lower()]
         if len(others) < num_choices - 1:
             continue
         choices = [answer, *rng.sample(others, num_choices - 1)]
         rng.shuffle(choices)
-        context = " ".join(words[target - context_words : target])
-        items.append(Item(context, tuple(choices), choices.index(answer)))
+        items.append(Item(" ".join(words[target - context_words : target]), tuple(choices), choices.index(answer)))
     return items
 
 
@@ -79,23 +82,24 @@ def continuation_items(
     num_choices: int = 4,
 ) -> list[Item]:
     """Up to `n` items: `context_words` words of a document and its next `continuation_words` words, against
-    the continuations of `num_choices - 1` passages from other documents. One passage per document."""
+    the continuations of `num_choices - 1` passages of other documents (of other passages if there is only one
+    document). Passages do not overlap; they are drawn from all documents in a seeded random order."""
     rng = random.Random(f"continuation-{seed}")
-    order = list(range(len(texts)))
-    rng.shuffle(order)
     span = context_words + continuation_words
-    passages: list[tuple[str, str]] = []
-    for d in order:
-        words = _words(texts[d])
-        if len(words) < span:
-            continue
-        s = rng.randrange(len(words) - span + 1)
-        passages.append((" ".join(words[s : s + context_words]), " ".join(words[s + context_words : s + span])))
-    if len(passages) < num_choices:
-        return []
+    passages: list[tuple[int, str, str]] = []  # (document, context, continuation)
+    for d, text in enumerate(texts):
+        words = _words(text)
+        for s in range(0, len(words) - span + 1, span):
+            cut = s + context_words
+            passages.append((d, " ".join(words[s:cut]), " ".join(words[cut : s + span])))
+    rng.shuffle(passages)
     items: list[Item] = []
-    for i, (context, answer) in enumerate(passages[:n]):
-        pool = [p[1] for j, p in enumerate(passages) if j != i and p[1] != answer]
+    for i, (d, context, answer) in enumerate(passages[:n]):
+        pool = [p[2] for j, p in enumerate(passages) if p[0] != d and p[2] != answer]
+        if len(pool) < num_choices - 1:
+            pool = [p[2] for j, p in enumerate(passages) if j != i and p[2] != answer]
+        if len(pool) < num_choices - 1:
+            break
         choices = [answer, *rng.sample(pool, num_choices - 1)]
         rng.shuffle(choices)
         items.append(Item(context, tuple(choices), choices.index(answer)))

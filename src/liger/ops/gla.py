@@ -138,7 +138,7 @@ def chunk_gla(
     b_last = b[..., -1:, :]
     E = torch.exp(b - r)  # the only exp over all tokens
     q_r = qc * E.unsqueeze(3)  # q_t exp(b_t - r)
-    k_r = kc / E  # k_s exp(r - b_s)
+    k_r = kc * torch.exp(r - b)  # k_s exp(r - b_s); not kc / E, whose gradient holds 1 / E^2 (overflows)
 
     # Inside chunks.
     A = torch.matmul(q_r, k_r.unsqueeze(3).transpose(-1, -2))  # [B, Hk, N, G, C, C]

@@ -1,0 +1,114 @@
+"""Helpers shared by the chunkwise-parallel ops of simple_gla, gsa and delta: shape checks, cutting a
+time-first sequence into chunks and back, within-chunk decay matrices for per-head (scalar) gates, the scan
+that carries a state from chunk to chunk, and the token-by-token loop of the decode paths.
+
+Chunked layout: [B, H, N, C, D] (N chunks of C tokens, zero-padded at the end), with query groups as a
+separate axis [B, Hk, N, G, C, D] (query head h reads key/value head h // G, as in liger.ops.gla).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> int:
+    """Validate q [B, T, Hq, K], k [B, T, Hk, K], v [B, T, Hk, V]; return the query-group size G = Hq // Hk."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D time-first tensors [B, T, H, D]")
+    B, T, Hq, K = q.shape
+    if (k.shape[0], k.shape[1], k.shape[3]) != (B, T, K) or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hq % k.shape[2]:
+        raise ValueError(f"q has {Hq} heads, not a multiple of k's {k.shape[2]}")
+    return Hq // k.shape[2]
+
+
+def check_shape(name: str, x: Tensor | None, shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming `name` unless x is None or has exactly `shape`."""
+    if x is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def chunk_len(T: int, chunk_size: int) -> int:
+    """The chunk length used for T tokens: `chunk_size`, or a smaller power of two (>= 16) for short inputs."""
+    return min(chunk_size, max(16, 1 << (T - 1).bit_length()))
+
+
+def to_chunks(x: Tensor, C: int, dtype: torch.dtype = torch.float32, groups: int | None = None) -> Tensor:
+    """[B, T, H, *D] -> contiguous [B, H, N, C, *D] in `dtype`, zero-padded to N * C tokens.
+
+    With `groups` = G, x has H = Hk * G heads and the result is [B, Hk, N, G, C, *D]."""
+    B, T, H = x.shape[:3]
+    rest = x.shape[3:]
+    pad = (-T) % C
+    if pad:
+        x = F.pad(x, (0, 0) * len(rest) + (0, 0, 0, pad))
+    N = (T + pad) // C
+    if groups is None:
+        x = x.view(B, N, C, H, *rest).permute(0, 3, 1, 2, *range(4, 4 + len(rest)))
+    else:
+        x = x.view(B, N, C, H // groups, groups, *rest).permute(0, 3, 1, 4, 2, *range(5, 5 + len(rest)))
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+
+
+def from_chunks(o: Tensor, T: int) -> Tensor:
+    """[B, Hk, N, G, C, V] -> [B, T, Hk * G, V] (the inverse of `to_chunks` with groups, padding dropped)."""
+    B, Hk, N, G, C, V = o.shape
+    return o.permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hk * G, V)[:, :T]
+
+
+def causal_mask(C: int, device: torch.device, diagonal: int = 0) -> Tensor:
+    """Bool [C, C], True where key s may reach query t: s <= t + diagonal."""
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril(diagonal)
+
+
+def scalar_decays(g: Tensor) -> tuple[Tensor, Tensor]:
+    """Within-chunk decays of per-head gates g [..., C] (natural log, <= 0).
+
+    Returns b, the cumulative log decay float64 [..., C], and D float32 [..., C, C] with
+    D[t, s] = exp(b_t - b_s) for s <= t and 0 above the diagonal. Exponents are differences of float64
+    cumulative sums, all <= 0, so any g is safe: nothing overflows and very negative gates underflow to 0.
+    """
+    b = g.double().cumsum(-1)
+    diff = b.unsqueeze(-1) - b.unsqueeze(-2)
+    diff = diff.masked_fill(~causal_mask(g.shape[-1], g.device), float("-inf"))
+    return b, diff.float().exp()
+
+
+def scan_chunks(U: Tensor, decay: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """S_{n+1} = decay_n * S_n + U_n over the chunks n (a Python loop over chunks, not tokens).
+
+    U: [B, H, N, K, V]; decay: [B, H, N, *] broadcastable to U; S: the state entering chunk 0 [B, H, K, V].
+    Returns the states entering each chunk [B, H, N, K, V] and the final state [B, H, K, V]."""
+    entering = []
+    for n in range(U.shape[2]):
+        entering.append(S)
+        S = decay[:, :, n] * S + U[:, :, n]
+    return torch.stack(entering, 2), S
+
+
+def recurrent_outputs(q: Tensor, S: Tensor, step: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
+    """The token-by-token loop of the decode paths: S_t = step(S_{t-1}, t), o_t = q_t S_t (unscaled).
+
+    q: float32 [B, T, Hq, K]; S: float32 [B, Hk, K, V] (query head h reads state h // G).
+    Returns o float32 [B, T, Hq, V] and the final state."""
+    B, T, Hq, K = q.shape
+    Hk = S.shape[1]
+    qg = q.view(B, T, Hk, Hq // Hk, K)
+    outs = []
+    for t in range(T):
+        S = step(S, t)
+        outs.append(torch.matmul(qg[:, t], S))  # [B, Hk, G, K] @ [B, Hk, K, V]
+    return torch.stack(outs, 1).reshape(B, T, Hq, S.shape[-1]), S
+
+
+def initial(state: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The float32 starting state: `state` in float32, or zeros of `shape` on `like`'s device."""
+    if state is None:
+        return like.new_zeros(shape, dtype=torch.float32)
+    return state.float()

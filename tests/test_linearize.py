@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import liger
 from liger.cli import main
 from liger.data import load_corpus
+from liger.train.report import comparison_table
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,10 @@ def test_default_recipe_writes_a_complete_output(setup, tmp_path):
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "| linearized, after training |" in (out / "report.md").read_text()
     assert not (tmp_path / "out.work").exists()
+    table = comparison_table([out]).splitlines()  # the ablation table of docs/RESULTS.md is built this way
+    assert len(table) == 3 and f"{report['student_ppl']:.2f}" in table[2] and f"{report['ratio']:.3f}" in table[2]
+    with pytest.raises(FileNotFoundError, match="output folder of `liger linearize`"):
+        comparison_table([tmp_path])
     model = liger.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in tiny_model("llama", vocab_size=49152).parameters())
 

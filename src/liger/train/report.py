@@ -72,3 +72,30 @@ def _mixer(c: dict) -> str:
     if c.get("softmax_every"):
         soft += f", one softmax layer in every {c['softmax_every']}"
     return f"mixer `{c['mixer']}` ({c['feature_map']} feature map), {window}{soft}"
+
+
+def comparison_table(run_dirs: list[str | Path]) -> str:
+    """A markdown table comparing `liger linearize` runs from their report.json files: the command, held-out
+    perplexity of teacher / converted / trained model, ratio to the teacher, tokens and training minutes.
+    Runs are only comparable when their held-out sets match (same --data, --seq-len): the teacher column
+    shows it."""
+    rows = ["| run | command | teacher ppl | converted ppl | trained ppl | trained / teacher | tokens | train min |",
+            "|---|---|---|---|---|---|---|---|"]
+    for d in run_dirs:
+        path = Path(d) / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {d} the output folder of `liger linearize`?")
+        r = json.loads(path.read_text())
+        rows.append(
+            f"| {Path(d).name} | `{r['command']}` | {r['teacher_ppl']:.2f} | {r['converted_ppl']:,.1f} | "
+            f"{r['student_ppl']:.2f} | {r['ratio']:.3f} | {r['tokens_trained']:,} | {r['train_seconds'] / 60:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m liger.train.report RUN_DIR... : the comparison table
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m liger.train.report RUN_DIR [RUN_DIR ...]")
+    print(comparison_table(sys.argv[1:]))

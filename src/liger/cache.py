@@ -1,6 +1,7 @@
 """Constant-memory generation cache for linearized layers, as a transformers `CacheLayerMixin`.
 
-A linearized layer keeps, per sequence, the recurrent state (float32 [B, Hk, K, V]) and the last
+A linearized layer keeps, per sequence, the recurrent state (float32 [B, Hk, K, V]; a tuple of tensors for
+mixers with several, e.g. gsa's two slot memories or lawcat's convolution inputs) and the last
 `window - 1` keys (after RoPE) and values with their validity flags ([B, window - 1, Hk, D], time-first).
 Neither grows with the context. Layers kept as softmax attention keep transformers' own (growing) KV layer,
 so any `transformers.Cache` works: `generate()` creates a `DynamicCache` and each linearized layer swaps its
@@ -26,7 +27,7 @@ class LigerLayerCache(CacheLayerMixin):
 
     def __init__(self, **kwargs) -> None:
         super().__init__()
-        self.state: Tensor | None = None
+        self.state: Tensor | tuple[Tensor, ...] | None = None
         self.window: tuple[Tensor, Tensor, Tensor] | None = None
         self.seen = 0
 
@@ -36,7 +37,8 @@ class LigerLayerCache(CacheLayerMixin):
     def update(self, *args, **kwargs):
         raise RuntimeError("a linearized layer's cache is written by its mixer, not through Cache.update")
 
-    def store(self, state: Tensor | None, window: tuple[Tensor, Tensor, Tensor] | None, n_new: int) -> None:
+    def store(self, state: Tensor | tuple[Tensor, ...] | None, window: tuple[Tensor, Tensor, Tensor] | None,
+              n_new: int) -> None:
         self.state, self.window = state, window
         self.seen += n_new
         self.is_initialized = True
@@ -55,7 +57,9 @@ class LigerLayerCache(CacheLayerMixin):
         self.is_initialized = False
 
     def _map(self, fn) -> None:
-        if self.state is not None:
+        if isinstance(self.state, tuple):
+            self.state = tuple(fn(t) for t in self.state)
+        elif self.state is not None:
             self.state = fn(self.state)
         if self.window is not None:
             self.window = tuple(fn(t) for t in self.window)
@@ -77,7 +81,8 @@ class LigerLayerCache(CacheLayerMixin):
 
     @property
     def nbytes(self) -> int:
-        tensors = ([self.state] if self.state is not None else []) + list(self.window or ())
+        states = self.state if isinstance(self.state, tuple) else (() if self.state is None else (self.state,))
+        tensors = list(states) + list(self.window or ())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -139,7 +144,8 @@ def cache_footprint(model: torch.nn.Module, dtype: torch.dtype | None = None) ->
         if liger is None:
             per_token += 2 * hk * d * esize
         else:
-            fixed += hk * d * d * 4  # float32 state [Hk, K, V]
+            state_nbytes = getattr(attn.core, "state_nbytes", None)  # the core's own recurrent state(s)
+            fixed += state_nbytes(hk, d) if state_nbytes else hk * d * d * 4  # float32 [Hk, K, V]
             if liger.window > 0:
                 fixed += (liger.window - 1) * (2 * hk * d * esize + 1)  # keys, values, validity flag
     return {"fixed": fixed, "per_token": per_token, "original_per_token": kv_token}

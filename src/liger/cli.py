@@ -29,7 +29,8 @@ def _layer_list(text: str) -> tuple[int, ...]:
                 out.append(int(part))
     except ValueError:
         raise ConfigError(
-            f"--softmax-layers takes comma-separated layer indices or ranges such as 0,15 or 0-3; got {text!r}"
+            f"--softmax-layers takes comma-separated layer indices or ranges such as 0,15 or 0-3, or auto:N; "
+            f"got {text!r}"
         ) from None
     return tuple(out)
 
@@ -40,18 +41,35 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
                    help="linear mixer (default: gla; see README's mixer table)")
     p.add_argument("--window", type=int, default=64, help="sliding-window length in tokens; 0 = no window branch")
     p.add_argument(
-        "--softmax-layers", default="", metavar="I,J", help="layers kept as softmax attention, e.g. 0,15 or 0-3,8"
+        "--softmax-layers", default="", metavar="I,J",
+        help="layers kept as softmax attention, e.g. 0,15 or 0-3,8; or auto:N, the N layers whose linearization "
+        "costs most (attention-transfer error on a few batches; scores saved in layer_scores.json / the report)"
     )
     p.add_argument("--softmax-every", type=int, default=0, metavar="N",
                    help="also keep one layer in every N as softmax (N=4: 3:1 linear to softmax)")
     p.add_argument("--learnable-mix", action="store_true", help="train the window/linear weights per head")
+    p.add_argument("--num-slots", type=int, default=64, metavar="M",
+                   help="gsa: memory slots per head (default 64, capped at the head dimension)")
+    p.add_argument("--negative-eigen", action="store_true",
+                   help="gated_deltanet: beta in [0, 2] (negative eigenvalues) instead of [0, 1]")
 
 
 def liger_config_from_args(args: argparse.Namespace):
     from .config import LigerConfig
+    from .layer_scores import parse_auto
 
-    return LigerConfig(mixer=args.mixer, window=args.window, softmax_layers=_layer_list(args.softmax_layers),
-                       softmax_every=args.softmax_every, learnable_mix=args.learnable_mix)
+    auto = parse_auto(args.softmax_layers)  # auto:N is resolved on data, before surgery (softmax_auto_count)
+    return LigerConfig(mixer=args.mixer, window=args.window,
+                       softmax_layers=() if auto else _layer_list(args.softmax_layers),
+                       softmax_every=args.softmax_every, learnable_mix=args.learnable_mix,
+                       num_slots=args.num_slots, delta_negative_eigen=args.negative_eigen)
+
+
+def softmax_auto_count(args: argparse.Namespace) -> int:
+    """N of `--softmax-layers auto:N`, 0 when the flag lists layers."""
+    from .layer_scores import parse_auto
+
+    return parse_auto(args.softmax_layers) or 0
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -60,11 +78,20 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .surgery import linearize
 
     config = liger_config_from_args(args)
+    n_auto = softmax_auto_count(args)
     model, tok = load_model(args.model, dtype="auto")
+    scores = None
+    if n_auto:
+        from .layer_scores import batches_of, builtin_blocks, choose_softmax_layers, scores_markdown
+
+        config, scores = choose_softmax_layers(model, batches_of(builtin_blocks(tok)), config, n_auto)
+        print(scores_markdown(scores))
     linearize(model, config)
     with atomic_output_dir(args.out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if scores is not None:
+            (tmp / "layer_scores.json").write_text(json.dumps(scores, indent=2))
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out}: {type(model).__name__}, {n:,} parameters, {config}")
 

@@ -8,10 +8,11 @@ from typing import Any
 
 from .errors import ConfigError
 
-MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats")
+MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats", "gsa", "gated_deltanet", "lawcat")
 # Feature maps each mixer supports; the first is its default.
 FEATURE_MAPS = {"gla": ("softmax",), "hgrn2": ("softmax",), "simple_gla": ("softmax",), "retention": ("softmax",),
-                "lolcats": ("hedgehog",)}
+                "lolcats": ("hedgehog",), "gsa": ("softmax",), "gated_deltanet": ("l2norm",),
+                "lawcat": ("softmax",)}
 
 
 @dataclass
@@ -20,8 +21,11 @@ class LigerConfig:
 
     mixer: "gla" (Liger-GLA: per-key-channel decay), "hgrn2" (Liger-HGRN2: key 1 - sigmoid(k), decay
         logsigmoid(k)), "simple_gla" (one data-dependent decay per head), "retention" (RetNet's fixed
-        per-head decays) -- none adds parameters -- or "lolcats" (Hedgehog feature maps, window and linear
-        attention sharing one normaliser; trainable maps and window factors).
+        per-head decays), "gsa" (Liger-GSA: keys pooled to `num_slots` slots), "gated_deltanet" (delta rule
+        with a per-head decay; beta and decay from the mean key) -- none adds parameters -- or "lolcats"
+        (Hedgehog feature maps, window and linear attention sharing one normaliser; trainable maps and window
+        factors) or "lawcat" (trainable short causal convolution on q/k, identity at start, before a
+        normalised Liger-GLA).
     window: sliding-window softmax branch length in tokens (each query sees itself and the `window - 1`
         tokens before it); 0 disables the branch (pure gated linear attention).
     mix: (window weight, linear weight); Liger Attention uses (0.5, 0.5).
@@ -32,6 +36,9 @@ class LigerConfig:
     softmax_layers: indices of layers kept as the original softmax attention (inter-layer hybrid).
     softmax_every: also keep one layer in every N as softmax (layers N-1, 2N-1, ...); 0 = off. With N = 4
         the linear-to-softmax ratio is 3:1.
+    num_slots: gsa's memory slots per head (64, as Liger-GSA; capped at the head dimension).
+    delta_negative_eigen: gated_deltanet only: beta = 2 * sigmoid(.) in [0, 2] instead of sigmoid(.) in
+        [0, 1], so the state transition I - beta k^T k can have negative eigenvalues.
     """
 
     mixer: str = "gla"
@@ -42,6 +49,8 @@ class LigerConfig:
     feature_map: str | None = None
     softmax_layers: tuple[int, ...] = field(default_factory=tuple)
     softmax_every: int = 0
+    num_slots: int = 64
+    delta_negative_eigen: bool = False
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -78,6 +87,13 @@ class LigerConfig:
         self.softmax_layers = layers
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
             raise ConfigError(f"softmax_every must be a whole number >= 0, got {self.softmax_every!r}")
+        if isinstance(self.num_slots, bool) or not isinstance(self.num_slots, int) or self.num_slots < 1:
+            raise ConfigError(f"num_slots must be a whole number >= 1, got {self.num_slots!r}")
+        if not isinstance(self.delta_negative_eigen, bool):
+            raise ConfigError(f"delta_negative_eigen must be true or false, got {self.delta_negative_eigen!r}")
+        if self.delta_negative_eigen and self.mixer != "gated_deltanet":
+            raise ConfigError("delta_negative_eigen applies to mixer 'gated_deltanet' only; drop it or use "
+                              "--mixer gated_deltanet")
 
     def check_layers(self, num_layers: int) -> None:
         """Raise ConfigError if a softmax layer index is outside a model with `num_layers` layers."""

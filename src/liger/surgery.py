@@ -89,7 +89,9 @@ def linearize(model: nn.Module, config: LigerConfig | None = None) -> nn.Module:
     keep = config.softmax_layer_set(len(layers))
     for i, layer in enumerate(layers):
         if i not in keep:
-            layer.self_attn = LigerAttention(layer.self_attn, spec, config, i)
+            attn = LigerAttention(layer.self_attn, spec, config, i)
+            attn.core.to(next(layer.parameters()).device)  # the mixer's own parameters, if any, join the model
+            layer.self_attn = attn
     base = getattr(model, "base_model", model)
     if not getattr(base, "_liger_hooked", False):
         base.register_forward_pre_hook(_capture_padding, with_kwargs=True)

@@ -13,15 +13,26 @@ from torch import nn
 
 from ..cache import LigerLayerCache
 from ..config import LigerConfig
+from ..errors import ConfigError
 from ..ops import chunk_gla, fused_recurrent_gla, roll_window, window_attention
+from ..ops import sequence_parallel
 
 Tensor = torch.Tensor
 
 
 def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None, want_state: bool, scale: float = 1.0):
     """GLA with the decode kernel for single tokens of a cached sequence, the chunked one otherwise."""
+    if (sp := sequence_parallel.current()) is not None:  # this rank holds a slice of the sequence (LASP-2)
+        return sp.chunk_gla(q, k, v, g, scale=scale, initial_state=state, output_final_state=want_state)
     op = fused_recurrent_gla if (want_state and q.shape[1] == 1) else chunk_gla
     return op(q, k, v, g, scale=scale, initial_state=state, output_final_state=want_state)
+
+
+def no_sequence_parallel(mixer: str) -> None:
+    """Raise ConfigError under LASP-2 sequence parallelism, which covers the GLA-based mixers only."""
+    if sequence_parallel.current() is not None:
+        raise ConfigError(f"sequence parallelism supports the gated mixers (gla, hgrn2, simple_gla, retention), "
+                          f"not {mixer}")
 
 
 def _retention_log_decay(heads: int, device) -> Tensor:
@@ -54,7 +65,10 @@ def construct(mixer: str, q: Tensor, k: Tensor, gate_normalizer: float) -> tuple
 class GLACore(nn.Module):
     """The gated-linear mixers (gla, hgrn2, simple_gla, retention; see `construct`), optionally with the
     window branch: o = mix[0] * SWA(RoPE(q), RoPE(k), v) + mix[1] * GLA(q', k', v, g), scale 1, no RoPE in
-    GLA. With `learnable_mix`, the two weights are per-head parameters initialised to `mix`."""
+    GLA. With `learnable_mix`, the two weights are per-head parameters initialised to `mix`.
+
+    Other recurrences (gsa, gated_deltanet, lawcat) subclass it and override `linear` (and `state_nbytes`);
+    the window branch, the mix and the cache handling are shared."""
 
     def __init__(self, config: LigerConfig, num_heads: int) -> None:
         super().__init__()
@@ -64,15 +78,13 @@ class GLACore(nn.Module):
 
     def forward(self, attn, q, k, v, position_embeddings, valid, cache: LigerLayerCache | None) -> Tensor:
         c = self.config
-        qf, kf, g = construct(c.mixer, q.float(), k.float(), c.gate_normalizer)
-        if valid is not None:
-            m = valid[:, :, None, None].to(kf.dtype)
-            kf, g = kf * m, g * m
-        o, state = gla(qf, kf, v, g, cache.state if cache is not None else None, cache is not None)
+        o, state = self.linear(q, k, v, valid, cache.state if cache is not None else None, cache is not None)
         window = None
         if c.window > 0:
             qr, kr = attn.rope(q, k, position_embeddings)
             past = cache.window if cache is not None else None
+            if (sp := sequence_parallel.current()) is not None:  # the previous ranks' last window - 1 tokens
+                past = sp.halo(kr, v, valid, c.window, past)
             o_win = window_attention(qr, kr, v, c.window, scale=attn.scaling, key_valid=valid, past=past,
                                      softcap=attn.softcap)
             if isinstance(getattr(self, "mix", None), nn.Parameter):
@@ -83,8 +95,27 @@ class GLACore(nn.Module):
             if cache is not None:
                 window = roll_window(past, kr.detach(), v.detach(), valid, c.window)
         if cache is not None:
-            cache.store(state.detach(), window, q.shape[1])
+            cache.store(detach_state(state), window, q.shape[1])
         return o
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
+        """The linear branch: o [B, T, Hq, D] and, if `want_state`, the state after the T tokens (`state`, the
+        one before them, or None). Padding (`valid` False) leaves the state unchanged."""
+        c = self.config
+        qf, kf, g = construct(c.mixer, q.float(), k.float(), c.gate_normalizer)
+        if valid is not None:
+            m = valid[:, :, None, None].to(kf.dtype)
+            kf, g = kf * m, g * m
+        return gla(qf, kf, v, g, state, want_state)
+
+    def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:
+        """Bytes of one sequence's recurrent state (float32 [Hk, D, D])."""
+        return num_kv_heads * head_dim * head_dim * 4
+
+
+def detach_state(state):
+    """A state (a tensor or a tuple of tensors) cut from the autograd graph, for the cache."""
+    return tuple(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
 
 
 GLA_MIXERS = ("gla", "hgrn2", "simple_gla", "retention")
@@ -95,4 +126,16 @@ def build_core(config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim:
         from .lolcats import LolcatsCore
 
         return LolcatsCore(config, num_heads, num_kv_heads, head_dim)
+    if config.mixer == "gsa":
+        from .gsa_core import GSACore
+
+        return GSACore(config, num_heads, num_kv_heads, head_dim)
+    if config.mixer == "gated_deltanet":
+        from .delta_core import GatedDeltaNetCore
+
+        return GatedDeltaNetCore(config, num_heads, num_kv_heads, head_dim)
+    if config.mixer == "lawcat":
+        from .lawcat_core import LawcatCore
+
+        return LawcatCore(config, num_heads, num_kv_heads, head_dim)
     return GLACore(config, num_heads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import ConfigError
 
@@ -54,12 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.work/")
     p.add_argument("--no-merge", action="store_true", help="save the LoRA adapter separately (out/adapter)")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+                   help="under torchrun: split every sequence over N processes (LASP-2; the liger recipe, "
+                   "all layers linearized); the processes form WORLD_SIZE / N data-parallel replicas (default 1)")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long to wait for the other processes at the rendezvous and at "
+                   "every collective before failing with an error (default 1800)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_linearize)
 
 
 def options_from_args(args: argparse.Namespace):
-    from ..cli import liger_config_from_args
+    from ..cli import liger_config_from_args, softmax_auto_count
     from .job import JobOptions
     from .loop import TrainConfig
 
@@ -77,11 +84,12 @@ def options_from_args(args: argparse.Namespace):
     name = "bundled" if args.model == "bundled" else args.model.rstrip("/").split("/")[-1]
     return JobOptions(
         model=args.model, out=args.out or f"runs/liger-{name}", recipe=args.recipe,
-        liger=liger_config_from_args(args), data=args.data, seq_len=args.seq_len, eval_blocks=args.eval_blocks,
+        liger=liger_config_from_args(args), softmax_auto=softmax_auto_count(args), data=args.data,
+        seq_len=args.seq_len, eval_blocks=args.eval_blocks,
         distill_weight=args.distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
         transfer_lr=args.transfer_lr, transfer_tokens=args.transfer_tokens, lora_r=args.lora_r, train=train,
         merge=not args.no_merge, resume=args.resume, grad_checkpointing=args.gradient_checkpointing,
-        progress=not args.quiet,
+        progress=not args.quiet, sequence_parallel=args.sequence_parallel, dist_timeout=args.dist_timeout,
     )
 
 
@@ -90,6 +98,8 @@ def cmd_linearize(args: argparse.Namespace) -> None:
 
     opts = options_from_args(args)
     report = run_linearize(opts)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     print(f"wrote {opts.out}: held-out perplexity {report['student_ppl']:.2f} vs. teacher "
           f"{report['teacher_ppl']:.2f} ({report['ratio']:.2f}x); {report['tokens_trained']:,} tokens in "
           f"{report['train_seconds'] / 60:.1f} min (see {opts.out}/report.md)")

@@ -3,12 +3,20 @@
 Work in progress lives in `<out>.work/` (checkpoints, training log, the metrics measured so far); the
 output folder appears only at the end, complete (atomic rename). `--resume` continues from the work
 folder; a successful run removes it.
+
+Under torchrun / accelerate launch (WORLD_SIZE > 1) the job runs on every process: rank 0 loads first (hub
+downloads, the bundled teacher's conversion), every rank checks that it holds the same data, evaluation is
+split over the ranks, training is data parallel (and sequence parallel with `sequence_parallel > 1`), and
+only rank 0 writes the work folder and the output. The work and output folders must be on a filesystem
+every rank can read (one node, or a shared filesystem) for `--resume`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import math
 import shutil
 import sys
 import time
@@ -20,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import atomic_output_dir
 from ..config import LigerConfig
+from ..distributed.runtime import DEFAULT_TIMEOUT_S, ParallelContext, init_distributed
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import load_model
 from ..arch import ARCHITECTURES
@@ -34,6 +43,7 @@ class JobOptions:
     out: str = "runs/liger"
     recipe: str = "liger"
     liger: LigerConfig = field(default_factory=LigerConfig)
+    softmax_auto: int = 0  # --softmax-layers auto:N: also keep the N costliest layers as softmax (layer_scores)
     data: str = "builtin"
     seq_len: int = 512
     eval_blocks: int = 24
@@ -47,19 +57,36 @@ class JobOptions:
     resume: bool = False
     grad_checkpointing: bool = False
     progress: bool = True
+    sequence_parallel: int = 1  # ranks that split each sequence (LASP-2); the others are data parallel
+    dist_timeout: float = DEFAULT_TIMEOUT_S  # seconds for the rendezvous and every collective
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        for k in ("out", "resume", "progress"):
+        for k in ("out", "resume", "progress", "dist_timeout"):
             d.pop(k)
+        if d["sequence_parallel"] == 1:  # as before the option existed: older checkpoints still resume
+            d.pop("sequence_parallel")
+        if not d["softmax_auto"]:
+            d.pop("softmax_auto")
         d["train"].pop("max_minutes")  # a resumed run may get more time
         return json.loads(json.dumps(d))
 
 
-def perplexity(model, blocks) -> float:
+def perplexity(model, blocks, par: ParallelContext | None = None) -> float:
+    """Held-out perplexity; with several ranks each evaluates every world-th block and the summed NLLs are
+    combined (the same number as one process, up to float rounding)."""
     from ..evaluate.perplexity import perplexity as lm_perplexity
 
-    return lm_perplexity(model, blocks, batch_size=4)["perplexity"]
+    if par is None or not par.distributed:
+        return lm_perplexity(model, blocks, batch_size=4)["perplexity"]
+    mine = blocks[par.rank :: par.world]
+    stats = torch.zeros(2, dtype=torch.float64)
+    if mine.shape[0]:
+        r = lm_perplexity(model, mine, batch_size=4)
+        stats = torch.tensor([r["nll"] * r["tokens"], r["tokens"]], dtype=torch.float64)
+    stats = stats.to(par.device)
+    par.all_reduce_sum([stats], "the held-out perplexity")
+    return math.exp(stats[0].item() / stats[1].item())
 
 
 def _log(msg: str, opts: JobOptions) -> None:
@@ -79,48 +106,106 @@ def _load_data(opts: JobOptions, tok, teacher):
 
 
 def run_linearize(opts: JobOptions) -> dict:
-    """Run the whole job; returns the report (also written to `out/report.json`)."""
+    """Run the whole job; returns the report (also written to `out/report.json`). Under torchrun (WORLD_SIZE
+    > 1) every process runs it (see the module docstring); the process group is set up and torn down here."""
+    par = init_distributed(opts.dist_timeout, opts.sequence_parallel)
+    try:
+        return _run(opts if par.is_main else dataclasses.replace(opts, progress=False), par)
+    finally:
+        par.shutdown()
+
+
+def _check_sequence_parallel(opts: JobOptions) -> None:
+    if opts.sequence_parallel <= 1:
+        return
+    if opts.recipe != "liger" or opts.distill_weight > 0:
+        raise ConfigError("--sequence-parallel trains with the liger recipe's cross-entropy only (no lolcats "
+                          "attention transfer, no --distill: both need the softmax teacher's whole sequences)")
+    if opts.seq_len < opts.sequence_parallel:
+        raise ConfigError(f"--seq-len {opts.seq_len} is shorter than --sequence-parallel {opts.sequence_parallel}")
+
+
+def _run(opts: JobOptions, par: ParallelContext) -> dict:
     out = Path(opts.out).expanduser()
     work = out.parent / (out.name + ".work")
     started = time.time()
+    _check_sequence_parallel(opts)
     if opts.resume:
         if read_checkpoint_state(work) is None:
             raise CheckpointError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
-    elif work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    for stale in work.parent.glob(f".{work.name}*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    par.barrier("starting the run")  # every rank has read the work folder before rank 0 changes it
+    if par.is_main:
+        if not opts.resume and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        for stale in work.parent.glob(f".{work.name}*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    par.barrier("preparing the work folder")
 
     torch.manual_seed(opts.train.seed)
-    _log(f"loading {opts.model}", opts)
-    model, tok = load_model(opts.model, dtype=torch.float32)
+    _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
+    with par.main_first("loading the model"):  # downloads and conversions happen once
+        model, tok = load_model(opts.model, dtype=torch.float32)
+    model.to(par.device)
     teacher = None
     if opts.distill_weight > 0:
         teacher, _ = load_model(opts.model, dtype=torch.float32)
+        teacher.to(par.device)
         for p in teacher.parameters():
             p.requires_grad_(False)
-    corpus, train_blocks, heldout = _load_data(opts, tok, model)
+    with par.main_first("loading the data"):
+        corpus, train_blocks, heldout = _load_data(opts, tok, model)
+    par.check_same(train_blocks, "training data")
+    par.check_same(heldout, "held-out data")
     _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
 
     metrics_path = work / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if "teacher_ppl" not in metrics:
         _log("held-out perplexity of the teacher", opts)
-        metrics["teacher_ppl"] = perplexity(model, heldout)
+        metrics["teacher_ppl"] = perplexity(model, heldout, par)
+    if opts.softmax_auto:  # resolve auto:N on the first training blocks (the scores are kept for --resume)
+        from ..layer_scores import SCORE_BLOCKS, batches_of, choose_softmax_layers
+
+        if "layer_scores" not in metrics:
+            _log(f"scoring the layers for --softmax-layers auto:{opts.softmax_auto}", opts)
+            liger_cfg, metrics["layer_scores"] = choose_softmax_layers(
+                model, batches_of(train_blocks[:SCORE_BLOCKS]), opts.liger, opts.softmax_auto)
+        else:
+            kept = tuple(s["layer"] for s in metrics["layer_scores"] if s["softmax"])
+            liger_cfg = dataclasses.replace(opts.liger, softmax_layers=kept)
+        opts = dataclasses.replace(opts, liger=liger_cfg)
+        _log(f"softmax layers chosen from data: {list(opts.liger.softmax_layers)}", opts)
     linearize(model, opts.liger)
     model.config.liger_teacher = opts.model
     if "converted_ppl" not in metrics:
         _log("held-out perplexity right after conversion", opts)
-        metrics["converted_ppl"] = perplexity(model, heldout)
-    metrics_path.write_text(json.dumps(metrics, indent=2))
+        metrics["converted_ppl"] = perplexity(model, heldout, par)
+    if par.is_main:
+        metrics_path.write_text(json.dumps(metrics, indent=2))
     _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
 
     if opts.grad_checkpointing:
         model.gradient_checkpointing_enable()
     spec = ARCHITECTURES[model_type(model)]
     stages = build_stages(opts.recipe, spec, teacher, opts.distill_weight, opts.lr, opts.transfer_lr, opts.lora_r)
+    step_context = None
+    if par.sp > 1:
+        from ..distributed.sequence import SequenceParallelLoss, check_sequence_parallel_model
+
+        check_sequence_parallel_model(model)
+        sp_loss = SequenceParallelLoss(opts.seq_len, par.sp_group)
+        stages = [dataclasses.replace(s, loss=sp_loss) for s in stages]
+        step_context = sp_loss.context
+    fingerprint = opts.fingerprint()
+    if par.distributed:
+        fingerprint["world_size"] = par.world  # the global batch and data shards depend on it
     ckpt = read_checkpoint_state(work) if opts.resume else None
+    made_with = (ckpt or {}).get("fingerprint", {}).get("world_size", 1)
+    if ckpt and made_with != par.world:
+        raise CheckpointError(f"the checkpoint in {work} was made by {made_with} process(es), this run has "
+                              f"{par.world}; resume with the same number (torchrun --nproc-per-node ...), or "
+                              "start over without --resume")
     stage_names = [s.name for s in stages]
     resume_at = stage_names.index(ckpt["stage"]) if ckpt else 0
     results, trained_params = [], 0
@@ -140,8 +225,8 @@ def run_linearize(opts: JobOptions) -> dict:
         cfg = TrainConfig(**{**asdict(opts.train), "lr": stage.lr})
         if stage.name == "attention_transfer" and opts.transfer_tokens:
             cfg.max_tokens, cfg.max_steps = opts.transfer_tokens, None
-        trainer = Trainer(model, params, train_blocks, stage.loss, cfg, work, stage.name, opts.fingerprint(),
-                          show_progress=opts.progress)
+        trainer = Trainer(model, params, train_blocks, stage.loss, cfg, work, stage.name, fingerprint,
+                          show_progress=opts.progress, parallel=par, step_context=step_context)
         done = False
         if ckpt is not None and i == resume_at:
             trainer.load_checkpoint()
@@ -152,18 +237,22 @@ def run_linearize(opts: JobOptions) -> dict:
         result = {"stage": stage.name, "steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 1),
                   "stopped_by": res.stopped_by, "final_loss": res.final_loss, "lr": cfg.lr,
                   "trainable_parameters": count_parameters(params)}
-        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(final_file))
-        (work / f"stage-{stage.name}.json").write_text(json.dumps(result))
+        if par.is_main:
+            save_file({n: p.detach().contiguous() for n, p in params.items()}, str(final_file))
+            (work / f"stage-{stage.name}.json").write_text(json.dumps(result))
+        par.barrier(f"saving stage {stage.name}")
         results.append(result)
         model = stage.finish(model) if (opts.merge or stage.name != "lora") else model
 
     _log("held-out perplexity after training", opts)
-    metrics["student_ppl"] = perplexity(model, heldout)
+    metrics["student_ppl"] = perplexity(model, heldout, par)
     report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
     _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
          f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
-    _save(model, tok, out, work, report, opts)
-    shutil.rmtree(work, ignore_errors=True)
+    if par.is_main:
+        _save(model, tok, out, work, report, opts)
+        shutil.rmtree(work, ignore_errors=True)
+    par.barrier("saving the output")
     return report
 
 
@@ -191,6 +280,7 @@ def _report(opts, metrics, results, trained_params, corpus, train_blocks, heldou
         "stages": results,
         "train_config": asdict(opts.train),
         "merged": opts.merge,
+        **({"layer_scores": metrics["layer_scores"]} if "layer_scores" in metrics else {}),
     }
 
 

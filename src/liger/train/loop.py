@@ -5,10 +5,17 @@ and atomic checkpoints.
 Resuming restores the exact state: the trainable tensors, the optimizer, the position in
 the (seeded) data order and the RNG, so a run killed after step k and resumed ends with the same weights
 as an uninterrupted run.
+
+Several processes (torchrun, see liger.distributed): each data-parallel replica reads its own rows of every
+global batch, the gradients of the trainable tensors are summed over all ranks in one coalesced all-reduce
+per optimizer step and divided by the number of replicas (so a step equals the single-process step on the
+same global batch), and only rank 0 writes checkpoints and the log. Under sequence parallelism the ranks of
+a replica read the same rows and each returns its share of the loss (`SequenceParallelLoss`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_output_dir
+from ..distributed.runtime import ParallelContext, current_context
 from ..errors import CheckpointError, ConfigError
 
 Tensor = torch.Tensor
@@ -63,9 +71,10 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
-    def total_steps(self, seq_len: int) -> int:
-        """Optimizer steps the token/step budgets allow (the time budget may stop earlier)."""
-        per_step = self.batch_size * self.grad_accum * seq_len
+    def total_steps(self, seq_len: int, replicas: int = 1) -> int:
+        """Optimizer steps the token/step budgets allow (the time budget may stop earlier); `replicas`
+        data-parallel processes each train on batch_size * grad_accum sequences per step."""
+        per_step = self.batch_size * self.grad_accum * seq_len * replicas
         limits = [self.max_steps or math.inf, math.ceil(self.max_tokens / per_step) if self.max_tokens else math.inf]
         steps = min(limits)
         if steps == math.inf:
@@ -92,9 +101,11 @@ class DataOrder:
             self._epoch, self._order = epoch, torch.randperm(n, generator=gen)
         return int(self._order[p % n])
 
-    def next(self, batch_size: int) -> Tensor:
-        rows = [self._row(self.position + i) for i in range(batch_size)]
-        self.position += batch_size
+    def next(self, batch_size: int, shard: int = 0, shards: int = 1) -> Tensor:
+        """The next `shards * batch_size` rows form one global batch; return shard `shard`'s `batch_size`
+        of them (disjoint, deterministic), and advance past all of them."""
+        rows = [self._row(self.position + shard * batch_size + i) for i in range(batch_size)]
+        self.position += shards * batch_size
         return self.blocks[rows]
 
     @property
@@ -131,7 +142,10 @@ class StageResult:
 class Trainer:
     """Trains `params` (named trainable tensors of `model`) on `blocks` with `loss_fn(model, batch)`.
 
-    Checkpoints go to `work_dir/checkpoint` (atomic); `log` is appended to `work_dir/train_log.jsonl`."""
+    Checkpoints go to `work_dir/checkpoint` (atomic); `log` is appended to `work_dir/train_log.jsonl`.
+    parallel: the processes training together (default: the initialised torch.distributed group, if any,
+    as plain data parallelism); batches go to `parallel.device`. step_context: entered around each
+    micro-batch's forward and backward (sequence parallelism's split, `SequenceParallelLoss.context`)."""
 
     def __init__(
         self,
@@ -144,6 +158,8 @@ class Trainer:
         stage: str,
         fingerprint: dict,
         show_progress: bool = True,
+        parallel: ParallelContext | None = None,
+        step_context: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> None:
         if not params:
             raise ConfigError(f"stage {stage!r} has no trainable parameters")
@@ -151,13 +167,15 @@ class Trainer:
         self.work_dir, self.stage, self.fingerprint = Path(work_dir), stage, fingerprint
         self.seq_len = blocks.shape[1]
         self.data = DataOrder(blocks, cfg.seed)
-        self.total = cfg.total_steps(self.seq_len)
+        self.par = parallel if parallel is not None else current_context()
+        self.step_context = step_context or contextlib.nullcontext
+        self.total = cfg.total_steps(self.seq_len, self.par.replicas)
         decay = [p for n, p in params.items() if p.dim() >= 2]
         no_decay = [p for n, p in params.items() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.par.is_main
         self.on_step: Callable[[int], None] | None = None  # test hook, called after each step's checkpoint
 
     # ---- checkpoints -------------------------------------------------------------------------------
@@ -166,6 +184,12 @@ class Trainer:
         return self.work_dir / "checkpoint"
 
     def save_checkpoint(self, done: bool = False) -> None:
+        """Rank 0 writes (atomically); every rank waits until it is complete."""
+        if self.par.is_main:
+            self._write_checkpoint(done)
+        self.par.barrier(f"writing the checkpoint of step {self.step}")
+
+    def _write_checkpoint(self, done: bool) -> None:
         state = {
             "stage": self.stage,
             "done": done,
@@ -213,7 +237,8 @@ class Trainer:
         random.setstate(extra["python_rng"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.data.position = state["position"]
-        self._truncate_log()
+        if self.par.is_main:
+            self._truncate_log()
         return True
 
     def _truncate_log(self) -> None:
@@ -236,16 +261,47 @@ class Trainer:
 
     def batches(self) -> Iterator[Tensor]:
         while True:
-            yield self.data.next(self.cfg.batch_size)
+            yield self.data.next(self.cfg.batch_size, self.par.replica, self.par.replicas)
+
+    def _micro_step(self, batch: Tensor) -> tuple[float, dict[str, float]]:
+        """Forward and backward of one micro-batch (gradients accumulate); returns its loss and metrics."""
+        cfg = self.cfg
+        with self.step_context(), self._autocast():
+            loss, parts = self.loss_fn(self.model, batch.to(self.par.device))
+        with self.step_context():
+            (loss / cfg.grad_accum).backward()
+        return loss.item(), parts
+
+    def _sync(self, loss: float, metrics: dict[str, float], dt: float) -> tuple[float, dict[str, float], float]:
+        """Sum the gradients and the reported numbers over all ranks, in one all-reduce: gradients and
+        losses become replica means (sums over a sequence-parallel group's shares), dt the mean time."""
+        par = self.par
+        if not par.distributed:
+            return loss, metrics, dt
+        grads = []
+        for p in self.params.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        keys = sorted(metrics)
+        stats = torch.tensor([loss, *(metrics[k] for k in keys), dt], dtype=torch.float64, device=par.device)
+        par.all_reduce_sum([*grads, stats], f"the gradient all-reduce of step {self.step + 1}")
+        for g in grads:
+            g.div_(par.replicas)
+        stats = stats.cpu().tolist()
+        return (stats[0] / par.replicas, {k: v / par.replicas for k, v in zip(keys, stats[1:-1])},
+                stats[-1] / par.world)
 
     def run(self, done: bool = False) -> StageResult:
         """Train until a budget is spent; returns what was done. `done` (from a resumed finished stage)
         skips straight to the result."""
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.seq_len
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.seq_len * self.par.replicas  # global
         deadline = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         log_path = self.work_dir / "train_log.jsonl"
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.par.broadcast_(self.params.values(), "broadcasting the trainable tensors from rank 0")
+        micro_what = "a forward/backward with sequence-parallel collectives" if self.par.sp > 1 else None
         stopped_by, last_loss = "budget", None
         bar = None
         if not done and self.step < self.total:
@@ -264,13 +320,14 @@ class Trainer:
             metrics: dict[str, float] = {}
             loss_sum = 0.0
             for _ in range(cfg.grad_accum):
-                batch = self.data.next(cfg.batch_size)
-                with self._autocast():
-                    loss, parts = self.loss_fn(self.model, batch)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
+                batch = self.data.next(cfg.batch_size, self.par.replica, self.par.replicas)
+                with self.par.guard(micro_what) if micro_what else contextlib.nullcontext():
+                    loss, parts = self._micro_step(batch)
+                loss_sum += loss / cfg.grad_accum
                 for key, value in parts.items():
                     metrics[key] = metrics.get(key, 0.0) + value / cfg.grad_accum
+            # All ranks must agree on what decides the next step (loss, elapsed time): summed here.
+            loss_sum, metrics, dt = self._sync(loss_sum, metrics, time.perf_counter() - t0)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(
                     f"loss became {loss_sum} at step {self.step + 1}; lower the learning rate (--lr) or use --precision fp32"
@@ -278,7 +335,8 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.clip)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
+            if not self.par.distributed:
+                dt = time.perf_counter() - t0
             self.step += 1
             self.tokens += tokens_per_step
             self.elapsed += dt
@@ -288,8 +346,9 @@ class Trainer:
                 "lr": lr, "grad_norm": float(grad_norm), "seconds": self.elapsed,
                 "tokens_per_s": tokens_per_step / dt, "epoch": round(self.data.epochs, 4), **metrics,
             }
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            if self.par.is_main:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step / dt:.0f}")

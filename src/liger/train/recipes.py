@@ -51,6 +51,8 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) 
     for name, p in model.named_parameters():
         if name.endswith("core.mix"):  # --learnable-mix: the window/linear weights train with the adapters
             p.requires_grad_(True)
+        if name.endswith(("core.conv_q", "core.conv_k")):  # lawcat's short convolutions train with them too
+            p.requires_grad_(True)
     return model
 
 

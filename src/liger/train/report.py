@@ -61,6 +61,12 @@ def report_markdown(r: dict, has_plot: bool) -> str:
         loss = "" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
         lines.append(f"| {s['stage']} | {s['steps']} | {s['tokens']:,} | {s['seconds'] / 60:.1f} | {s['lr']:g} | "
                      f"{s['stopped_by']} | {loss} |")
+    if r.get("layer_scores"):  # --softmax-layers auto:N
+        from ..layer_scores import scores_markdown
+
+        lines += ["", "Per-layer scores for `--softmax-layers auto:N` (the N layers with the largest attention-"
+                  "transfer MSE stay softmax; linearity: Procrustes similarity of the layer's input and output):",
+                  "", scores_markdown(r["layer_scores"])]
     if has_plot:
         lines += ["", "![loss curve](loss.png)"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Liger-style Gated DeltaNet: the gated delta rule built from the pretrained q/k/v projections, no new
+parameters.
+
+Construction (q [B, T, Hq, D], k [B, T, Hk, D] after the host's q/k norms, no RoPE; m = mean_d k [B, T, Hk])::
+
+    q' = q / |q|, k' = k / |k|                        L2-normalised over the head dimension
+    beta = sigmoid(m)                                 write strength in [0, 1]; 2 * sigmoid(m) in [0, 2]
+                                                      with `delta_negative_eigen`
+    g  = logsigmoid(m) / gate_normalizer              one log decay per head and token (<= 0)
+    S_t = exp(g_t) (I - beta_t k'_t^T k'_t) S_{t-1} + beta_t k'_t^T v_t,   o_t = q'_t S_t   (scale 1)
+
+Why these choices: the delta rule needs unit keys (then I - beta k^T k is a contraction for beta in [0, 2],
+the state stays bounded, and retrieval q' S ~ cos(q, k) v reads values at their own scale), which softmax
+features (all positive, so every pair of keys overlaps) would waste; L2 normalisation is also what Gated
+DeltaNet itself applies. The mean key is the pooled key of Liger's scalar-gate mixers (`simple_gla`), so
+beta and the decay come from the key projection as Liger's gates do; both rise with m (a token with a
+large mean key writes strongly and keeps the memory longer). The state is float32 [B, Hk, D, D].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, l2norm
+from .cores import GLACore, no_sequence_parallel
+
+Tensor = torch.Tensor
+
+
+def delta_construct(q: Tensor, k: Tensor, gate_normalizer: float, negative_eigen: bool = False
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(q', k', g, beta) from float32 q [B, T, Hq, D], k [B, T, Hk, D]: q', k' unit vectors; g and beta
+    [B, T, Hk], g <= 0, beta in [0, 1] (or [0, 2] with `negative_eigen`)."""
+    m = k.mean(-1)
+    beta = torch.sigmoid(m) * (2.0 if negative_eigen else 1.0)
+    return l2norm(q), l2norm(k), F.logsigmoid(m) / gate_normalizer, beta
+
+
+class GatedDeltaNetCore(GLACore):
+    """The `gated_deltanet` mixer (module docstring) in the linear branch, plus the shared window branch."""
+
+    def __init__(self, config, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__(config, num_heads)
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
+        no_sequence_parallel("gated_deltanet")
+        c = self.config
+        qf, kf, g, beta = delta_construct(q.float(), k.float(), c.gate_normalizer, c.delta_negative_eigen)
+        if valid is not None:  # beta = 0, g = 0: padding leaves the state as it is
+            m = valid[:, :, None].to(g.dtype)
+            g, beta = g * m, beta * m
+        op = fused_recurrent_gated_delta_rule if (want_state and q.shape[1] == 1) else chunk_gated_delta_rule
+        return op(qf, kf, v, g, beta, scale=1.0, initial_state=state, output_final_state=want_state)

@@ -1,0 +1,273 @@
+"""The gsa, gated_deltanet and lawcat mixers (prefill + decode == full forward, left padding, save/load) and
+`--softmax-layers auto:N` (layer scores, Procrustes similarity)."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import liger
+from liger.cache import LigerLayerCache, cache_footprint
+from liger.data import load_corpus
+from liger.errors import ConfigError
+from liger.layer_scores import (choose_softmax_layers, layer_scores, parse_auto, procrustes_similarity,
+                                select_softmax_layers)
+from liger.mixers.delta_core import delta_construct
+from liger.mixers.gsa_core import gsa_construct
+
+ATOL = 1e-4
+NEW_MIXERS = ["gsa", "gated_deltanet", "lawcat"]
+
+
+def convert(arch, mixer, window, softmax_layers=(1,), seed=0, **kw):
+    """A tiny model linearized with `mixer`; lawcat's convolutions are moved off the identity, so that the
+    convolution state matters when decoding."""
+    model = liger.linearize(tiny_model(arch), liger.LigerConfig(mixer=mixer, window=window,
+                                                                softmax_layers=softmax_layers, **kw))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("core.conv_q", "core.conv_k")):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def left_padded(T=90, pads=(0, 7, 23), seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 128, (len(pads), T), generator=gen)
+    mask = torch.ones_like(ids)
+    for b, p in enumerate(pads):
+        ids[b, :p], mask[b, :p] = 0, 0
+    return ids, mask
+
+
+def incremental(model, ids, mask, segments):
+    """Logits from a forward per segment [(a, b), ...] with the cache carried along."""
+    cache, parts = None, []
+    for a, b in segments:
+        out = model(ids[:, a:b], attention_mask=mask[:, :b], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        parts.append(out.logits)
+    return torch.cat(parts, 1), cache
+
+
+@pytest.mark.parametrize("mixer", NEW_MIXERS)
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("window", [0, 64])
+def test_prefill_then_decode_equals_full_forward_with_left_padding(mixer, arch, window):
+    model = convert(arch, mixer, window)
+    ids, mask = left_padded()
+    T = ids.shape[1]
+    segments = [(0, 20), (20, 21), (21, 37)] + [(t, t + 1) for t in range(37, T)]  # prefill, decode, chunk, decode
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        inc, cache = incremental(model, ids, mask, segments)
+        alone = model(ids[2:, 23:]).logits[0]
+    real = mask.bool()
+    assert torch.isfinite(full).all() and torch.isfinite(inc).all()
+    assert (inc - full)[real].abs().max().item() <= ATOL
+    assert (full[2, 23:] - alone).abs().max().item() <= ATOL
+    kinds = [type(layer).__name__ for layer in cache.layers]
+    assert kinds == ["LigerLayerCache", "DynamicLayer", "LigerLayerCache"]
+
+
+@pytest.mark.parametrize("mixer", NEW_MIXERS)
+def test_cache_is_constant_and_matches_the_footprint(mixer):
+    model = convert("llama", mixer, 8, softmax_layers=())
+    ids = torch.randint(0, 128, (2, 300), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        c50 = model(ids[:, :50], use_cache=True).past_key_values
+        c300 = model(ids, use_cache=True).past_key_values
+    assert all(isinstance(layer, LigerLayerCache) for layer in c300.layers)
+    assert liger.cache_nbytes(c50) == liger.cache_nbytes(c300) == 2 * cache_footprint(model)["fixed"]
+    c300.batch_repeat_interleave(2)  # tuple states follow batch operations (beam search)
+    assert liger.cache_nbytes(c300) == 4 * cache_footprint(model)["fixed"]
+
+
+@pytest.mark.parametrize("mixer", NEW_MIXERS)
+def test_save_and_load_roundtrip(mixer, tmp_path):
+    model = convert("qwen3", mixer, 16, softmax_layers=(0,), num_slots=8 if mixer == "gsa" else 64)
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(6))
+    model.save_pretrained(tmp_path / "m")
+    loaded = liger.from_pretrained(tmp_path / "m")
+    assert loaded.liger_config == model.liger_config
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_parameters_added():
+    n0 = sum(p.numel() for p in tiny_model("llama").parameters())
+    for mixer in ("gsa", "gated_deltanet"):  # Liger-style: no new parameters
+        model = liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer=mixer))
+        assert sum(p.numel() for p in model.parameters()) == n0
+    model = liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer="lawcat"))
+    core = model.model.layers[0].self_attn.core
+    assert core.conv_q.shape == (4 * 16, 4) and core.conv_k.shape == (2 * 16, 4)
+    assert torch.equal(core.conv_k[:, -1], torch.ones(32)) and not core.conv_k[:, :-1].any()  # identity
+    assert sum(p.numel() for p in model.parameters()) == n0 + 3 * (4 + 2) * 16 * 4
+    assert len(model.model.layers[0].self_attn.own_parameters()) == 2
+
+
+def test_lawcat_at_init_is_normalised_liger_gla():
+    """Identity convolutions: the linear branch is Liger-GLA divided by its normaliser q' z."""
+    from liger.mixers.cores import construct
+    from liger.ops.reference import naive_recurrent_gla
+
+    model = liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer="lawcat", window=0))
+    core = model.model.layers[0].self_attn.core
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 13, h, 16, generator=gen) for h in (4, 2, 2))
+    o, _ = core.linear(q, k, v, None, None, False)
+    qf, kf, g = construct("gla", q, k, 16.0)
+    num, _ = naive_recurrent_gla(qf, kf, v, g, scale=1.0)
+    den, _ = naive_recurrent_gla(qf, kf, torch.ones(2, 13, 2, 1), g, scale=1.0)
+    assert (o - num / den).abs().max().item() < 1e-4
+
+
+def test_lawcat_convolutions_train_with_lora():
+    from liger.train.recipes import add_lora, trainable_parameters
+
+    model = add_lora(liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer="lawcat")), ["q_proj"])
+    names = trainable_parameters(model)
+    assert sum(n.endswith(("core.conv_q", "core.conv_k")) for n in names) == 6
+
+
+def test_gsa_slots_and_construction():
+    model = convert("llama", "gsa", 0, softmax_layers=())
+    assert model.model.layers[0].self_attn.core.slots == 16  # head_dim 16 < 64: one slot per key channel
+    model = convert("llama", "gsa", 0, softmax_layers=(), num_slots=4)
+    with torch.no_grad():
+        cache = model(torch.randint(0, 128, (1, 10)), use_cache=True).past_key_values
+    hk, hv = cache.layers[0].state
+    assert hk.shape == (1, 2, 16, 4) and hv.shape == (1, 2, 4, 16) and hk.dtype == torch.float32
+    k = torch.randn(2, 5, 2, 16)
+    _, _, s, g = gsa_construct(torch.randn(2, 5, 4, 16), k, 4, 16.0)
+    assert s.shape == g.shape == (2, 5, 2, 4)
+    assert (g <= 0).all() and torch.allclose(s, 1 - g.exp())
+    assert torch.allclose(g[..., 0], torch.nn.functional.logsigmoid(k[..., :4].mean(-1)) / 16)
+
+
+def test_gated_deltanet_negative_eigenvalues():
+    k = 6 * torch.randn(2, 50, 2, 16, generator=torch.Generator().manual_seed(8)) + 3
+    q = torch.randn(2, 50, 4, 16)
+    qf, kf, g, beta = delta_construct(q, k, 16.0)
+    assert beta.min() >= 0 and beta.max() <= 1 and (g <= 0).all()
+    assert torch.allclose(kf.norm(dim=-1), torch.ones(2, 50, 2), atol=1e-5)
+    _, _, g2, beta2 = delta_construct(q, k, 16.0, negative_eigen=True)
+    assert beta2.max() > 1 and beta2.max() <= 2 and torch.allclose(beta2, 2 * beta) and torch.equal(g, g2)
+    # the decode still matches the full forward with beta in [0, 2]
+    model = convert("llama", "gated_deltanet", 8, delta_negative_eigen=True)
+    assert model.liger_config.delta_negative_eigen
+    ids, mask = left_padded(T=40, pads=(0, 9))
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        inc, _ = incremental(model, ids, mask, [(0, 12)] + [(t, t + 1) for t in range(12, 40)])
+        plain = convert("llama", "gated_deltanet", 8)(ids, attention_mask=mask).logits
+    assert (inc - full)[mask.bool()].abs().max().item() <= ATOL
+    assert not torch.allclose(full, plain)
+    with pytest.raises(ConfigError, match="gated_deltanet"):
+        liger.LigerConfig(mixer="gla", delta_negative_eigen=True)
+
+
+# --- --softmax-layers auto:N ---------------------------------------------------------------------------
+
+
+def test_procrustes_similarity():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(400, 24, generator=gen)
+    rot, _ = torch.linalg.qr(torch.randn(24, 24, generator=gen))
+    assert procrustes_similarity(x, 2.5 * x @ rot + 1.0) == pytest.approx(1.0, abs=1e-9)  # rotation, scale, shift
+    assert procrustes_similarity(x, torch.tanh(2 * x) ** 2) < 0.9
+    assert procrustes_similarity(x, torch.randn(400, 24, generator=gen)) < 0.5
+    # tokens x d from any leading shape, e.g. hidden states [B, T, d]
+    assert procrustes_similarity(x.view(4, 100, 24), x.view(4, 100, 24)) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_auto_picks_n_layers_deterministically():
+    model = tiny_model("llama", layers=5)
+    ids = torch.randint(0, 128, (4, 48), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        before = model(ids).logits
+    cfg, scores = choose_softmax_layers(model, ids.split(2), liger.LigerConfig(mixer="gsa"), 2)
+    cfg2, scores2 = choose_softmax_layers(model, ids.split(2), liger.LigerConfig(mixer="gsa"), 2)
+    assert cfg.softmax_layers == cfg2.softmax_layers and scores == scores2 and len(cfg.softmax_layers) == 2
+    assert [s["layer"] for s in scores] == list(range(5))
+    for s in scores:
+        assert set(s) == {"layer", "transfer_mse", "transfer_rel", "linearity", "softmax"}
+        assert s["transfer_mse"] > 0 and -1 <= s["linearity"] <= 1 + 1e-9
+    top = sorted(scores, key=lambda s: -s["transfer_mse"])[:2]
+    assert set(cfg.softmax_layers) == {s["layer"] for s in top} == {s["layer"] for s in scores if s["softmax"]}
+    assert cfg.mixer == "gsa"
+    with torch.no_grad():  # the model is left as it was
+        assert torch.equal(model(ids).logits, before)
+    assert getattr(model.config, "liger", None) is None
+    # layers kept by softmax_every are not counted among the N
+    cfg3, _ = choose_softmax_layers(model, ids.split(2), liger.LigerConfig(softmax_every=2), 1)
+    assert len(cfg3.softmax_layer_set(5)) == 3 and {1, 3} <= cfg3.softmax_layer_set(5)
+    liger.linearize(model, cfg)
+    assert [type(layer.self_attn).__name__ == "LigerAttention" for layer in model.model.layers].count(False) == 2
+
+
+def test_layer_scores_use_the_transfer_error():
+    """transfer_mse is the mean MSE of LigerAttention's attention transfer; a layer whose mixer equals the
+    softmax attention would score 0."""
+    model = tiny_model("qwen3", layers=2)
+    ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(11))
+    scores = layer_scores(model, [ids], liger.LigerConfig(window=64))  # window >= T: the mix is 0.5 SWA + 0.5 GLA
+    lin = layer_scores(model, [ids], liger.LigerConfig(window=0))
+    for a, b in zip(scores, lin):
+        assert 0 < a["transfer_mse"] < b["transfer_mse"]  # half the output is exact with the window
+        assert a["transfer_mse"] == pytest.approx(b["transfer_mse"] / 4, rel=1e-4)  # (0.5 * error)^2
+        assert a["linearity"] == pytest.approx(b["linearity"], abs=1e-12)
+
+
+def test_auto_parsing_and_errors():
+    assert parse_auto("auto:3") == 3 and parse_auto("0,5") is None
+    for bad in ("auto", "auto:0", "auto:x", "automatic:2"):
+        with pytest.raises(ConfigError, match="auto:N"):
+            parse_auto(bad)
+    scores = [{"layer": i, "transfer_mse": m} for i, m in enumerate([1.0, 3.0, 3.0, 0.5])]
+    assert select_softmax_layers(scores, 2) == (1, 2)
+    assert select_softmax_layers(scores, 2, exclude=[2]) == (0, 1)
+    with pytest.raises(ConfigError, match="auto:5"):
+        select_softmax_layers(scores, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from liger.teacher import teacher_path
+
+    root = tmp_path_factory.mktemp("auto")
+    tok = AutoTokenizer.from_pretrained(teacher_path())
+    tiny_model("llama", layers=4, vocab_size=len(tok)).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "data.txt").write_text("\n\n".join(load_corpus("builtin").train[:200]))
+    return root
+
+
+def test_cli_convert_and_linearize_with_auto(tiny_folder, tmp_path):
+    from liger.cli import main
+
+    model = str(tiny_folder / "model")
+    assert main(["convert", "--model", model, "--out", str(tmp_path / "c"), "--mixer", "gated_deltanet",
+                 "--negative-eigen", "--softmax-layers", "auto:1"]) == 0
+    scores = json.loads((tmp_path / "c" / "layer_scores.json").read_text())
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())["liger"]
+    assert len(scores) == 4 and cfg["softmax_layers"] == [s["layer"] for s in scores if s["softmax"]]
+    assert len(cfg["softmax_layers"]) == 1 and cfg["delta_negative_eigen"] and cfg["mixer"] == "gated_deltanet"
+
+    assert main(["linearize", "--model", model, "--data", str(tiny_folder / "data.txt"), "--seq-len", "64",
+                 "--eval-blocks", "2", "--max-steps", "2", "--precision", "fp32", "--quiet", "--mixer", "lawcat",
+                 "--softmax-layers", "auto:2", "--out", str(tmp_path / "l")]) == 0
+    report = json.loads((tmp_path / "l" / "report.json").read_text())
+    assert len(report["layer_scores"]) == 4 and len(report["liger"]["softmax_layers"]) == 2
+    assert report["liger"]["softmax_layers"] == [s["layer"] for s in report["layer_scores"] if s["softmax"]]
+    assert "| layer | transfer MSE |" in (tmp_path / "l" / "report.md").read_text()
+    trained = liger.from_pretrained(tmp_path / "l")
+    convs = [p for n, p in trained.named_parameters() if n.endswith("core.conv_q")]
+    assert len(convs) == 2 and any(c[:, :-1].abs().sum() > 0 for c in convs)  # trained away from the identity
+
+    assert main(["convert", "--model", model, "--out", str(tmp_path / "x"), "--softmax-layers", "auto:9"]) == 2

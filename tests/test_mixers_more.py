@@ -72,7 +72,7 @@ def test_prefill_then_decode_equals_full_forward_with_left_padding(mixer, arch, 
     assert kinds == ["LigerLayerCache", "DynamicLayer", "LigerLayerCache"]
 
 
-@pytest.mark.parametrize("mixer", NEW_MIXERS)
+@pytest.mark.parametrize("mixer", NEW_MIXERS + ["gla", "hgrn2", "simple_gla", "retention", "lolcats"])
 def test_cache_is_constant_and_matches_the_footprint(mixer):
     model = convert("llama", mixer, 8, softmax_layers=())
     ids = torch.randint(0, 128, (2, 300), generator=torch.Generator().manual_seed(3))

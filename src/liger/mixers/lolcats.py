@@ -48,6 +48,10 @@ class LolcatsCore(nn.Module):
         self.feature_map_k = HedgehogFeatureMap(num_kv_heads, head_dim)
         self.window_factor = nn.Parameter(torch.full((num_heads,), INIT_WINDOW_FACTOR))
 
+    def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:
+        """Bytes of one sequence's state: float32 [Hk, 2D, D + 1] (feature dim 2D; values and the normaliser)."""
+        return num_kv_heads * 2 * head_dim * (head_dim + 1) * 4
+
     def forward(self, attn, q, k, v, position_embeddings, valid, cache: LigerLayerCache | None) -> Tensor:
         W = self.config.window
         B, T, Hk, D = v.shape

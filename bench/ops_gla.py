@@ -1,4 +1,8 @@
-"""chunk_gla vs. the token-by-token reference (B=1, H=4, T=4096, K=V=64). See docs/PERFORMANCE.md."""
+"""chunk_gla forward and forward+backward vs. the token-by-token ops and causal softmax attention, and its
+GFLOP/s vs. a float32 matmul (same as `liger bench ops`). See liger.bench.ops and docs/PERFORMANCE.md.
+
+    python bench/ops_gla.py --out bench-results/ops [--lengths 512,...,32768] [--ref-lengths 512,1024] [--quick]
+"""
 
 from liger.bench.ops import main
 

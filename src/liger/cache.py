@@ -28,8 +28,34 @@ class LigerLayerCache(CacheLayerMixin):
     def __init__(self, **kwargs) -> None:
         super().__init__()
         self.state: Tensor | tuple[Tensor, ...] | None = None
-        self.window: tuple[Tensor, Tensor, Tensor] | None = None
+        # The window buffers as a ring: (k, v, valid) with slot `ring_pos` the oldest token. Multi-token
+        # forwards store them in time order (ring_pos 0); single-token decode steps overwrite the oldest slot
+        # in place (`push_window`), so decoding allocates no new buffers. `window` reads them in time order.
+        self.ring: tuple[Tensor, Tensor, Tensor] | None = None
+        self.ring_pos = 0
         self.seen = 0
+
+    @property
+    def window(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The last `window - 1` keys (after RoPE), values [B, window - 1, Hk, D] and validity flags
+        [B, window - 1], oldest first (a copy when decode steps have rotated the ring)."""
+        if self.ring is None or self.ring_pos == 0:
+            return self.ring
+        p = self.ring_pos
+        return tuple(torch.cat([t[:, p:], t[:, :p]], 1) for t in self.ring)
+
+    @window.setter
+    def window(self, value: tuple[Tensor, Tensor, Tensor] | None) -> None:
+        self.ring, self.ring_pos = value, 0
+
+    def push_window(self, k: Tensor, v: Tensor, valid: Tensor) -> None:
+        """Decode step: replace the oldest slot of the ring by one token's k, v [B, Hk, D] and valid [B]."""
+        rk, rv, rvalid = self.ring
+        p = self.ring_pos
+        rk[:, p] = k
+        rv[:, p] = v
+        rvalid[:, p] = valid
+        self.ring_pos = (p + 1) % rk.shape[1]
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:  # pragma: no cover
         pass
@@ -53,7 +79,7 @@ class LigerLayerCache(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.state, self.window, self.seen = None, None, 0
+        self.state, self.window, self.seen = None, None, 0  # window: resets the ring
         self.is_initialized = False
 
     def _map(self, fn) -> None:
@@ -82,7 +108,7 @@ class LigerLayerCache(CacheLayerMixin):
     @property
     def nbytes(self) -> int:
         states = self.state if isinstance(self.state, tuple) else (() if self.state is None else (self.state,))
-        tensors = list(states) + list(self.window or ())
+        tensors = list(states) + list(self.ring or ())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -14,7 +14,7 @@ from .errors import ConfigError, LigerError
 
 # Modules that add subcommands: each defines `register(subparsers)` (imports inside the command functions
 # keep `liger --help` fast).
-COMMAND_MODULES: tuple[str, ...] = ("liger.train.command", "liger.evaluate.command")
+COMMAND_MODULES: tuple[str, ...] = ("liger.train.command", "liger.evaluate.command", "liger.bench.command")
 
 
 def _layer_list(text: str) -> tuple[int, ...]:

@@ -1,7 +1,13 @@
-"""Timing and report helpers shared by the benchmarks."""
+"""Timing, machine description, report and plot helpers shared by the benchmarks.
+
+Every benchmark writes to one folder: `results.json` (the header below, the measured rows, the targets),
+`results.md` (the same as markdown tables) and PNG plots. Files are written to a temporary name and renamed,
+so an interrupted run never leaves a half-written result.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -9,10 +15,12 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from ..errors import ConfigError
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float = 60.0) -> float:
@@ -31,41 +39,208 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s
     return times[len(times) // 2]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else platform's description)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
-    return f"{cpu}, {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
 
 
-def header() -> dict:
+def machine_info() -> dict:
+    """CPU model, cores, torch version and threads, the device the benchmarks run on."""
+    cuda = torch.cuda.is_available()
     return {
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "python": platform.python_version(),
     }
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(x):
-        if isinstance(x, float):
-            return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
-        return str(x)
+def machine() -> str:
+    """One line: CPU, cores or GPU, torch version, threads."""
+    m = machine_info()
+    dev = m["device"] if m["device"] != "cpu" else f"{m['cores']} CPU cores"
+    return f"{m['cpu']}, {dev}, torch {m['torch']}, {m['threads']} threads"
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+
+def header(command: str | None = None) -> dict:
+    """Date, machine (a line and its parts) and the exact command (default: this process's argv)."""
+    if command is None:
+        command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "machine_info": machine_info(),
+        "command": command,
+    }
+
+
+def header_markdown(head: dict) -> str:
+    return f"{head['date']}, {head['machine']}.\n\nCommand: `{head['command']}`\n"
+
+
+def fmt(x) -> str:
+    """A table cell: 3 significant digits, thousands separators for large numbers, '' for None."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        if x != x:
+            return "nan"
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    if isinstance(x, int) and abs(x) >= 10000:
+        return f"{x:,}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict], columns: list[str], headers: Sequence[str] | None = None) -> str:
+    """Rows (dicts) as a markdown table of `columns` (missing values blank); `headers` renames the columns."""
+    names = list(headers) if headers is not None else columns
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
+def target_row(target: str, ratio: float | None, threshold: float, higher_is_better: bool = True,
+               note: str = "") -> dict:
+    """One row of a targets summary: {"target", "measured", "met", "note"}. `met` is None (shown blank) when
+    the quantity was not measured in this run (ratio None)."""
+    if ratio is None:
+        return {"target": target, "measured": None, "met": None, "note": note or "not measured in this run"}
+    met = ratio >= threshold if higher_is_better else ratio <= threshold
+    return {"target": target, "measured": float(ratio), "met": bool(met), "note": note}
+
+
+def targets_markdown(rows: list[dict]) -> str:
+    return markdown_table(rows, ["target", "measured", "met", "note"],
+                          ["target", "measured ratio", "met", "note"])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def write_results(out: str | Path, name: str, payload: dict, markdown: str) -> Path:
+    """Write `name`.json and `name`.md into folder `out` (created if needed), each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    (out / f"{name}.md").write_text(markdown)
+    _write_atomic(out / f"{name}.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    _write_atomic(out / f"{name}.md", (markdown.rstrip() + "\n").encode())
     return out
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def line_plot(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+              xlabel: str, ylabel: str, logx: bool = True, logy: bool = True,
+              hline: tuple[float, str] | None = None) -> Path:
+    """A PNG of named (x, y) series, markers at the measured points only (no interpolation beyond them);
+    `hline` = (y, label) draws a dashed reference line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (xs, ys) in series.items():
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if hline is not None:
+        ax.axhline(hline[0], linestyle="--", color="grey", label=hline[1])
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bar_plot(path: str | Path, groups: Sequence[str], bars: dict[str, Sequence[float | None]], title: str,
+             ylabel: str) -> Path:
+    """A PNG of grouped bars: one group per entry of `groups`, one bar per key of `bars` (None: no bar)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / max(1, len(bars))
+    for i, (label, ys) in enumerate(bars.items()):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], width, label=label)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def int_list(flag: str, text: str) -> tuple[int, ...]:
+    """"512,1024" -> (512, 1024); every value >= 1, else ConfigError naming the flag."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated whole numbers such as 512,1024; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs at least one value, all >= 1; got {text!r}")
+    return values
+
+
+def pick(args: argparse.Namespace, name: str, full, quick):
+    """The value of flag `name`: as given, else the --quick or the full default."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return quick if getattr(args, "quick", False) else full
+
+
+def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positions: int = 4096):
+    """A tiny randomly initialised Llama (float32, eval mode; GQA 4/2 heads, head_dim 16) for fast test runs
+    of the benchmarks (the hidden --tiny-model flag)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=16, max_position_embeddings=max_positions, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def load_pair(tiny: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(original, linearized, description): the bundled teacher (float32) and a second copy linearized with
+    `liger.linearize`'s default LigerConfig; `tiny`: the same for `tiny_causal_lm`."""
+    from ..surgery import linearize
+
+    if tiny:
+        return tiny_causal_lm(), linearize(tiny_causal_lm()), "tiny random Llama (2 layers, hidden 64)"
+    from ..teacher import load_teacher
+
+    original = load_teacher()[0]
+    linearized = linearize(load_teacher()[0])
+    return original, linearized, "bundled SmolLM2-135M-Instruct (float32), linearized with the default LigerConfig"

@@ -1,28 +1,140 @@
-"""Op benchmark: chunk_gla against the token-by-token paths (the float64 reference and the float32 decode
-kernel), at the sizes of the core issue's acceptance (B=1, H=4, K=V=64)."""
+"""Op benchmark: `chunk_gla` forward and forward+backward against the token-by-token paths and against causal
+softmax attention, and its achieved GFLOP/s against a float32 matrix multiply measured in the same run.
+
+Inputs (float32, seeded): q [B, T, Hq, D], k, v [B, T, Hk, D], g [B, T, Hk, D] as in Liger-GLA (softmax
+feature maps, g = logsigmoid(.) / 16); defaults are one layer of the bundled teacher: Hq=9, Hk=3, D=64.
+
+- `chunk_gla` (liger.ops): the chunkwise-parallel op, every T in --lengths.
+- `fused_recurrent_gla` (liger.ops, float32, the decode kernel) and `naive_recurrent_gla`
+  (liger.ops.reference, float64, the tests' reference): token by token, only at the small T of
+  --ref-lengths (they are slow); nothing is extrapolated to other lengths.
+- softmax attention: `F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)` on [B, H, T, D].
+- forward+backward: the output's backward with a fixed random gradient, gradients for q, k, v (and g).
+
+FLOPs of chunk_gla (`gla_flops`), counted over the matmuls it executes, 2 per multiply-add, with C the chunk
+length (`liger.ops.chunked.chunk_len`), N = ceil(T / C) chunks and G = Hq / Hk query heads per key head::
+
+    intra-chunk  q k^T : 2 B Hk N G C C K        A v : 2 B Hk N G C C V      (full C x C blocks, as run)
+    inter-chunk  k^T v : 2 B Hk N C K V          q S : 2 B Hk N G C K V
+    total = 2 B Hk N C (G C (K + V) + K V (1 + G))
+
+Element-wise work (exp, cumsum, masks) and the scan over chunk states are not counted. The intra-chunk
+q k^T runs in float64 in the CPU implementation (for range); the reference rate is float32. Softmax attention
+is counted as 2 B Hq T^2 D (causal half of q k^T and p v).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..ops import chunk_gla, fused_recurrent_gla
+from ..ops.chunked import chunk_len
 from ..ops.reference import naive_recurrent_gla
-from .common import header, markdown_table, timeit, write_results
+from ..errors import ConfigError
+from .common import (header, header_markdown, int_list, line_plot, markdown_table, target_row, targets_markdown,
+                     timeit, write_results)
+
+FULL_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+QUICK_LENGTHS = (512, 1024, 4096)
+TARGET_T = 4096
+TARGET_FRACTION = 0.25
 
 
-def gla_inputs(B: int, T: int, H: int, K: int, V: int, seed: int = 0):
+def gla_inputs(B: int, T: int, H: int, K: int, V: int, seed: int = 0, Hq: int | None = None):
+    """q [B, T, Hq, K] (Hq defaults to H), k [B, T, H, K], v [B, T, H, V], g [B, T, H, K], float32."""
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H, K, generator=gen).softmax(-1)
+    q = torch.randn(B, T, Hq or H, K, generator=gen).softmax(-1)
     k = torch.randn(B, T, H, K, generator=gen).softmax(-1)
     v = torch.randn(B, T, H, V, generator=gen)
     g = F.logsigmoid(torch.randn(B, T, H, K, generator=gen)) / 16
     return q, k, v, g
 
 
+def gla_flops(B: int, T: int, Hq: int, Hk: int, K: int, V: int, chunk_size: int = 64) -> int:
+    """FLOPs of the matmuls of one `chunk_gla` forward (see the module docstring for the formula)."""
+    C = chunk_len(T, chunk_size)
+    N = -(-T // C)
+    G = Hq // Hk
+    return 2 * B * Hk * N * C * (G * C * (K + V) + K * V * (1 + G))
+
+
+def attention_flops(B: int, T: int, Hq: int, D: int) -> int:
+    """FLOPs of causal softmax attention's two matmuls, counting the causal half: 2 B Hq T^2 D."""
+    return 2 * B * Hq * T * T * D
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n float32 matrix multiply (2 n^3 FLOPs), median of `repeats`."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    return 2 * n**3 / timeit(lambda: torch.mm(a, b), repeats=repeats, warmup=1) / 1e9
+
+
+def _fwd_bwd(fn, inputs: list[torch.Tensor], grad: torch.Tensor):
+    """A closure running fn(*inputs) and the backward of its output with `grad` (gradients reset first)."""
+
+    def run():
+        for x in inputs:
+            x.grad = None
+        fn(*inputs).backward(grad)
+
+    return run
+
+
+def _leaves(*xs: torch.Tensor) -> list[torch.Tensor]:
+    return [x.detach().clone().requires_grad_(True) for x in xs]
+
+
+def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, reference: bool,
+                 repeats: int = 3, budget_s: float = 30.0) -> dict:
+    """Times (ms) at one length: chunk_gla and sdpa forward (+ forward+backward), and with `reference` the
+    token-by-token ops too. Returns one row (see `run` for the keys)."""
+    q, k, v, g = gla_inputs(B, T, Hk, D, D, seed=T, Hq=Hq)
+    warm = 1 if T <= 4096 else 0  # seconds-long calls need no warm-up; short ones do
+    row: dict = {"T": T, "B": B, "Hq": Hq, "Hk": Hk, "D": D}
+    gla = lambda q, k, v, g: chunk_gla(q, k, v, g, scale=1.0)[0]  # noqa: E731
+    qa, ka, va = (x.transpose(1, 2).contiguous() for x in (torch.randn_like(q), torch.randn_like(k), v))
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hq != Hk)  # noqa: E731
+    with torch.no_grad():
+        row["chunk_gla_fwd_ms"] = 1e3 * timeit(lambda: gla(q, k, v, g), repeats, warm, budget_s)
+        row["sdpa_fwd_ms"] = 1e3 * timeit(lambda: sdpa(qa, ka, va), repeats, warm, budget_s)
+    if backward:
+        grad = torch.randn(B, T, Hq, D, generator=torch.Generator().manual_seed(1))
+        step = _fwd_bwd(gla, _leaves(q, k, v, g), grad)
+        row["chunk_gla_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, warm, budget_s)
+        step = _fwd_bwd(sdpa, _leaves(qa, ka, va), grad.transpose(1, 2).contiguous())
+        row["sdpa_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, warm, budget_s)
+    if reference:
+        fused = lambda q, k, v, g: fused_recurrent_gla(q, k, v, g, scale=1.0)[0]  # noqa: E731
+        naive = lambda q, k, v, g: naive_recurrent_gla(q, k, v, g, scale=1.0)[0]  # noqa: E731
+        with torch.no_grad():
+            row["fused_recurrent_fwd_ms"] = 1e3 * timeit(lambda: fused(q, k, v, g), 1, 0, budget_s)
+            row["reference_fwd_ms"] = 1e3 * timeit(lambda: naive(q, k, v, g), 1, 0, budget_s)
+        if backward:
+            row["fused_recurrent_fwd_bwd_ms"] = 1e3 * timeit(_fwd_bwd(fused, _leaves(q, k, v, g), grad), 1, 0)
+            row["reference_fwd_bwd_ms"] = 1e3 * timeit(_fwd_bwd(naive, _leaves(q, k, v, g), grad.double()), 1, 0)
+    flops = gla_flops(B, T, Hq, Hk, D, D)
+    row["chunk_gla_gflop"] = flops / 1e9
+    row["chunk_gla_gflops_per_s"] = flops / (row["chunk_gla_fwd_ms"] / 1e3) / 1e9
+    row["sdpa_gflops_per_s"] = attention_flops(B, T, Hq, D) / (row["sdpa_fwd_ms"] / 1e3) / 1e9
+    row["speedup_vs_sdpa_fwd"] = row["sdpa_fwd_ms"] / row["chunk_gla_fwd_ms"]
+    if backward:
+        row["speedup_vs_sdpa_fwd_bwd"] = row["sdpa_fwd_bwd_ms"] / row["chunk_gla_fwd_bwd_ms"]
+    if reference:
+        row["speedup_vs_reference_fwd"] = row["reference_fwd_ms"] / row["chunk_gla_fwd_ms"]
+        row["speedup_vs_fused_recurrent_fwd"] = row["fused_recurrent_fwd_ms"] / row["chunk_gla_fwd_ms"]
+        if backward:
+            row["speedup_vs_reference_fwd_bwd"] = row["reference_fwd_bwd_ms"] / row["chunk_gla_fwd_bwd_ms"]
+    return row
+
+
 def bench_vs_recurrent(T: int = 4096, B: int = 1, H: int = 4, K: int = 64, V: int = 64) -> dict:
+    """The core issue's comparison (forward only, Hq = Hk = H): chunk_gla, fused_recurrent_gla and the float64
+    reference at one T, in ms, with the speed-ups."""
     q, k, v, g = gla_inputs(B, T, H, K, V)
     with torch.no_grad():
         t_chunk = timeit(lambda: chunk_gla(q, k, v, g), repeats=7)
@@ -38,20 +150,117 @@ def bench_vs_recurrent(T: int = 4096, B: int = 1, H: int = 4, K: int = 64, V: in
     }
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ops (chunk_gla)")
+    g.add_argument("--lengths", default=None, metavar="T,T",
+                   help=f"sequence lengths (default {','.join(map(str, FULL_LENGTHS))}; --quick "
+                   f"{','.join(map(str, QUICK_LENGTHS))})")
+    g.add_argument("--ref-lengths", default=None, metavar="T,T",
+                   help="lengths at which the token-by-token ops also run (slow; default 512,1024; --quick 512)")
+    g.add_argument("--heads", type=int, default=9, help="query heads (default 9, as the bundled teacher)")
+    g.add_argument("--kv-heads", type=int, default=3, help="key/value heads (default 3)")
+    g.add_argument("--head-dim", type=int, default=64, help="K = V = head dimension (default 64)")
+    g.add_argument("--op-batch", type=int, default=1, help="batch size of the op inputs (default 1)")
+    g.add_argument("--matmul-size", type=int, default=None,
+                   help="n of the n x n float32 matmul that sets the reference GFLOP/s (default 2048)")
+    g.add_argument("--forward-only", action="store_true", help="skip the forward+backward timings")
+    g.add_argument("--op-repeats", type=int, default=3, help="timed calls per measurement, median (default 3)")
+
+
+def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
+    """Run the op benchmark with the flags of `add_arguments` and write results.json / results.md / PNGs to
+    `out`. Returns the payload ({"header", "matmul", "rows", "targets"})."""
+    quick = getattr(args, "quick", False)
+    lengths = int_list("--lengths", args.lengths) if args.lengths else (QUICK_LENGTHS if quick else FULL_LENGTHS)
+    refs = int_list("--ref-lengths", args.ref_lengths) if args.ref_lengths else ((512,) if quick else (512, 1024))
+    if min(args.heads, args.kv_heads, args.head_dim, args.op_batch, args.op_repeats) < 1:
+        raise ConfigError("--heads, --kv-heads, --head-dim, --op-batch and --op-repeats must be >= 1")
+    if args.heads % args.kv_heads:
+        raise ConfigError(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    n = args.matmul_size or 2048
+    head = header(command)
+    mm = matmul_gflops(n)
+    rows = []
+    for T in sorted(set(lengths) | set(refs)):
+        row = bench_length(T, args.op_batch, args.heads, args.kv_heads, args.head_dim, not args.forward_only,
+                           T in refs, repeats=args.op_repeats)
+        row["fraction_of_matmul"] = row["chunk_gla_gflops_per_s"] / mm
+        rows.append(row)
+        _log(f"ops T={T}: chunk_gla {row['chunk_gla_fwd_ms']:.1f} ms, sdpa {row['sdpa_fwd_ms']:.1f} ms")
+    at = next((r for r in rows if r["T"] == TARGET_T), None)
+    targets = [target_row(f"chunk_gla forward at T={TARGET_T} reaches >= {TARGET_FRACTION:.0%} of the float32 "
+                          f"matmul GFLOP/s", at and at["fraction_of_matmul"], TARGET_FRACTION)]
+    payload = {**head, "matmul": {"n": n, "gflops_per_s": mm}, "rows": rows, "targets": targets,
+               "shape": {"B": args.op_batch, "Hq": args.heads, "Hk": args.kv_heads, "D": args.head_dim}}
+    out = Path(out)
+    write_results(out, "results", payload, ops_markdown(payload))
+    ops_plots(payload, out)
+    return payload
+
+
+def ops_markdown(p: dict) -> str:
+    s = p["shape"]
+    md = [f"# chunk_gla: speed and GFLOP/s\n\n{header_markdown(p)}",
+          f"B={s['B']}, Hq={s['Hq']}, Hk={s['Hk']}, K=V={s['D']}, float32 inputs. Times in ms (median). "
+          f"Float32 {p['matmul']['n']}x{p['matmul']['n']} matmul: {p['matmul']['gflops_per_s']:.1f} GFLOP/s.\n",
+          "## Targets\n", targets_markdown(p["targets"]), "",
+          "## chunk_gla vs. causal softmax attention (scaled_dot_product_attention)\n",
+          markdown_table(p["rows"], ["T", "chunk_gla_fwd_ms", "sdpa_fwd_ms", "speedup_vs_sdpa_fwd",
+                                     "chunk_gla_fwd_bwd_ms", "sdpa_fwd_bwd_ms", "speedup_vs_sdpa_fwd_bwd"],
+                         ["T", "chunk_gla fwd", "sdpa fwd", "speed-up fwd", "chunk_gla fwd+bwd", "sdpa fwd+bwd",
+                          "speed-up fwd+bwd"]), "",
+          "## Achieved GFLOP/s (chunk_gla forward, FLOPs of its matmuls; see liger.bench.ops)\n",
+          markdown_table(p["rows"], ["T", "chunk_gla_gflop", "chunk_gla_gflops_per_s", "fraction_of_matmul",
+                                     "sdpa_gflops_per_s"],
+                         ["T", "GFLOP", "chunk_gla GFLOP/s", "fraction of matmul", "sdpa GFLOP/s"]), ""]
+    ref = [r for r in p["rows"] if "reference_fwd_ms" in r]
+    if ref:
+        md += ["## chunk_gla vs. the token-by-token ops (measured only at these T)\n",
+               markdown_table(ref, ["T", "chunk_gla_fwd_ms", "fused_recurrent_fwd_ms", "reference_fwd_ms",
+                                    "speedup_vs_fused_recurrent_fwd", "speedup_vs_reference_fwd",
+                                    "chunk_gla_fwd_bwd_ms", "fused_recurrent_fwd_bwd_ms", "reference_fwd_bwd_ms",
+                                    "speedup_vs_reference_fwd_bwd"],
+                              ["T", "chunk_gla fwd", "fused_recurrent fwd", "float64 reference fwd",
+                               "speed-up vs. fused", "speed-up vs. reference", "chunk_gla fwd+bwd",
+                               "fused_recurrent fwd+bwd", "reference fwd+bwd", "speed-up fwd+bwd vs. reference"]),
+               ""]
+    return "\n".join(md)
+
+
+def ops_plots(p: dict, out: Path) -> list[Path]:
+    rows = p["rows"]
+    T = [r["T"] for r in rows]
+    col = lambda key: [r.get(key) for r in rows]  # noqa: E731
+    series = {"chunk_gla fwd": (T, col("chunk_gla_fwd_ms")), "sdpa causal fwd": (T, col("sdpa_fwd_ms"))}
+    if "chunk_gla_fwd_bwd_ms" in rows[0]:
+        series["chunk_gla fwd+bwd"] = (T, col("chunk_gla_fwd_bwd_ms"))
+        series["sdpa causal fwd+bwd"] = (T, col("sdpa_fwd_bwd_ms"))
+    series["fused_recurrent fwd"] = (T, col("fused_recurrent_fwd_ms"))
+    series["float64 reference fwd"] = (T, col("reference_fwd_ms"))
+    files = [line_plot(out / "ops_time.png", series, "chunk_gla vs. softmax attention and token-by-token",
+                       "T (tokens)", "ms")]
+    files.append(line_plot(out / "ops_gflops.png",
+                           {"chunk_gla fwd": (T, col("chunk_gla_gflops_per_s")),
+                            "sdpa causal fwd": (T, col("sdpa_gflops_per_s"))},
+                           "achieved GFLOP/s", "T (tokens)", "GFLOP/s", logy=False,
+                           hline=(p["matmul"]["gflops_per_s"], f"float32 matmul {p['matmul']['n']}")))
+    return files
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-results/ops")
-    p.add_argument("--T", type=int, default=4096)
+    p.add_argument("--quick", action="store_true", help="fewer, smaller sizes (a few minutes)")
+    add_arguments(p)
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    row = bench_vs_recurrent(T=args.T)
-    head = header()
-    cols = ["T", "chunk_gla_ms", "fused_recurrent_gla_ms", "naive_reference_ms", "speedup_vs_reference",
-            "speedup_vs_fused_recurrent"]
-    md = f"# chunk_gla vs token-by-token\n\n{head['date']}, {head['machine']}\n\n`{head['command']}`\n\n"
-    md += markdown_table([row], cols) + "\n"
-    write_results(args.out, "gla_vs_recurrent", {**head, "rows": [row]}, md)
-    print(md)
+    payload = run(args, args.out)
+    print(ops_markdown(payload))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Modules, one job each:
 - perplexity: held-out perplexity, top-1 agreement and KL(teacher || student) on packed blocks
 - tasks: offline zero-shot cloze / continuation items from held-out text, scored as lm-eval does
 - recall: passkey retrieval and multi-query associative recall probes
-- efficiency (+ memory): prefill / decode speed, peak RSS and cache bytes; shared with `liger bench`
+- efficiency (+ memory): prefill / decode speed, peak RSS and cache bytes (memory.PeakRSS is shared with `liger bench model`)
 - lm_eval_adapter: lm-evaluation-harness on a model in memory, task names or local task YAML
 - plots, report: PNGs, eval.md and the summary table; runner, command: `liger eval`
 """

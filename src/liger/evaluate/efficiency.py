@@ -1,5 +1,5 @@
 """Speed and memory of prefill and decoding, for any causal LM (softmax or linearized), at given context
-lengths and batch sizes. Shared by `liger eval` and `liger bench`.
+lengths and batch sizes. Used by `liger eval`; `liger bench model` has its own back-to-back timing.
 
 For each (length, batch): random token ids (seeded) are prefilled in one forward pass with a fresh cache
 (`use_cache=True`, logits only for the last position), then `decode_tokens` single-token steps are run with

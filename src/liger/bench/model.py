@@ -1,0 +1,305 @@
+"""Model benchmark: the linearized bundled teacher against the original, at contexts 512 to 16,384 tokens and
+batch sizes 1 and 8 (float32, no gradient).
+
+For each (model, context L, batch B):
+- prefill: one forward pass over L random token ids (seeded) with a fresh cache, logits for the last
+  position only; wall time. Run when B * L <= --max-prefill-tokens; beyond that the cache is *synthetic*:
+  random keys/values of L tokens for softmax layers (transformers' DynamicCache), random recurrent states
+  and a full window for linearized layers, with the position counters at L. A decode step costs the same
+  on either (its cost depends on the cache's shapes, not its values); the row says which was used.
+- decode: --decode-tokens single-token steps with that cache, each feeding the previous argmax; the median
+  step time (ms per step for the whole batch).
+- memory: the process's peak RSS during prefill (or cache creation) + decode and the part above the RSS at
+  the start (`peak_extra`, what the measurement itself needed: activations, cache, workspace; see
+  liger.evaluate.memory), and the exact bytes of every cache tensor after the last step
+  (`liger.cache_nbytes`).
+- non-attention decode: each model's decode step with every attention module replaced by a stub that
+  returns zeros, at batch 1 and 8 (embedding, norms, MLPs, the 49K-vocabulary output layer, the framework).
+
+The teacher's max_position_embeddings is 8,192. The original runs beyond it anyway by default (its RoPE
+extrapolates; fine for a speed measurement, not for quality); --skip-beyond-limit skips those rows instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..cache import LigerCache, LigerLayerCache, cache_nbytes
+from ..errors import ConfigError
+from ..evaluate.memory import PeakRSS
+from ..surgery import decoder_layers, linearized_layer_indices
+from .common import (bar_plot, header, header_markdown, int_list, line_plot, load_pair, markdown_table,
+                     target_row, targets_markdown, write_results)
+
+FULL_CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384)
+QUICK_CONTEXTS = (512, 2048)
+
+
+def _step(model: nn.Module, ids: torch.Tensor, cache=None):
+    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+def synthetic_cache(model: nn.Module, batch: int, length: int, seed: int = 0):
+    """A cache as if `length` tokens had been prefilled, with random contents: DynamicCache keys/values
+    [B, Hk, L, D] for softmax layers, float32 states [B, Hk, D, D] and full windows for linearized layers."""
+    cfg = model.config.get_text_config()
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator().manual_seed(seed)
+    linear = set(linearized_layer_indices(model))
+    cache = LigerCache(model) if linear else DynamicCache()
+    for i, layer in enumerate(decoder_layers(model)):
+        attn = layer.self_attn
+        hk = getattr(attn, "num_kv_heads", None) or cfg.num_key_value_heads
+        d = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if i in linear:
+            lc: LigerLayerCache = cache.layers[i]
+            w = attn.liger.window
+            state = torch.randn(batch, hk, d, d, generator=gen) * 0.1
+            window = None
+            if w > 0:
+                window = (torch.randn(batch, w - 1, hk, d, generator=gen).to(dtype),
+                          torch.randn(batch, w - 1, hk, d, generator=gen).to(dtype),
+                          torch.ones(batch, w - 1, dtype=torch.bool))
+            lc.store(state, window, length)
+        else:
+            k = torch.randn(batch, hk, length, d, generator=gen).to(dtype)
+            cache.update(k, torch.randn_like(k), i)
+    return cache
+
+
+@torch.no_grad()
+def measure(model: nn.Module, length: int, batch: int, decode_tokens: int = 16, prefill: bool = True,
+            seed: int = 0) -> dict:
+    """One (context, batch) measurement; see the module docstring. Times in seconds / ms, memory in bytes."""
+    vocab = model.config.get_text_config().vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    steps: list[float] = []
+    with PeakRSS() as mem:
+        if prefill:
+            ids = torch.randint(0, vocab, (batch, length), generator=gen)
+            t0 = time.perf_counter()
+            cache, nxt = _step(model, ids)
+            prefill_s = time.perf_counter() - t0
+        else:
+            cache, prefill_s = synthetic_cache(model, batch, length, seed), None
+            nxt = torch.randint(0, vocab, (batch, 1), generator=gen)
+        for _ in range(decode_tokens):
+            t0 = time.perf_counter()
+            cache, nxt = _step(model, nxt, cache)
+            steps.append(time.perf_counter() - t0)
+        nbytes = cache_nbytes(cache)
+        del cache
+    steps.sort()
+    return {
+        "context": length, "batch": batch, "cache_source": "prefill" if prefill else "synthetic",
+        "prefill_s": prefill_s,
+        "prefill_tokens_per_s": batch * length / prefill_s if prefill_s else None,
+        "decode_ms": 1e3 * steps[len(steps) // 2] if steps else None,
+        "decode_ms_mean": 1e3 * sum(steps) / len(steps) if steps else None,
+        "cache_bytes": nbytes, "cache_bytes_per_sequence": nbytes // batch,
+        "peak_rss_bytes": mem.peak, "peak_extra_bytes": mem.extra,
+    }
+
+
+@contextlib.contextmanager
+def attention_stubbed(model: nn.Module):
+    """Within the block every attention module of `model` returns zeros (and touches no cache)."""
+    stubbed = []
+    for layer in decoder_layers(model):
+        attn = layer.self_attn
+        attn.forward = lambda hidden_states, *args, **kwargs: (torch.zeros_like(hidden_states), None)
+        stubbed.append(attn)
+    try:
+        yield model
+    finally:
+        for attn in stubbed:
+            del attn.forward
+
+
+@torch.no_grad()
+def non_attention_decode_ms(models: dict[str, nn.Module], batch: int, steps: int = 16) -> dict[str, float]:
+    """Median ms per model of a single-token forward ([batch, 1] ids) with its attention modules stubbed out
+    (`attention_stubbed`); the models take turns step by step, so a drift in machine speed hits all alike."""
+    vocab = min(m.config.get_text_config().vocab_size for m in models.values())
+    ids = torch.randint(0, vocab, (batch, 1), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with contextlib.ExitStack() as stack:
+        for m in models.values():
+            stack.enter_context(attention_stubbed(m))
+        for i in range(steps + 2):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(ids, use_cache=True, logits_to_keep=1)
+                if i >= 2:  # two warm-up steps
+                    times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (prefill / decode / memory)")
+    g.add_argument("--contexts", default=None, metavar="L,L",
+                   help=f"context lengths (default {','.join(map(str, FULL_CONTEXTS))}; --quick "
+                   f"{','.join(map(str, QUICK_CONTEXTS))})")
+    g.add_argument("--batch-sizes", default=None, metavar="B,B", help="batch sizes (default 1,8; --quick 1)")
+    g.add_argument("--decode-tokens", type=int, default=None, help="decode steps per measurement (default 16; "
+                   "--quick 8)")
+    g.add_argument("--max-prefill-tokens", type=int, default=16384, metavar="N",
+                   help="prefill only when batch * context <= N, else decode from a synthetic cache "
+                   "(default 16384: real prefill at batch 1 up to 16,384, at batch 8 up to 2,048)")
+    g.add_argument("--skip-beyond-limit", action="store_true",
+                   help="skip the original model beyond its max_position_embeddings (default: run it, RoPE "
+                   "extrapolating)")
+
+
+def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
+    """Run the model benchmark with the flags of `add_arguments`; write results.json / .md / PNGs to `out`."""
+    quick = getattr(args, "quick", False)
+    contexts = int_list("--contexts", args.contexts) if args.contexts else (QUICK_CONTEXTS if quick else FULL_CONTEXTS)
+    batches = int_list("--batch-sizes", args.batch_sizes) if args.batch_sizes else ((1,) if quick else (1, 8))
+    decode_tokens = args.decode_tokens if args.decode_tokens is not None else (8 if quick else 16)
+    if decode_tokens < 1:
+        raise ConfigError("--decode-tokens must be >= 1")
+    head = header(command)
+    original, linearized, what = load_pair(getattr(args, "tiny_model", False))
+    limit = original.config.get_text_config().max_position_embeddings
+    rows, non_attention = [], []
+    models = {"original": original, "linearized": linearized}
+    for model in models.values():
+        model.eval()
+        measure(model, 32, 1, decode_tokens=2)  # warm-up: lazy initialisation, thread pools
+    for L in contexts:  # the two models back to back at each size, so their ratio sees the same machine state
+        for B in batches:
+            for name, model in models.items():
+                if name == "original" and L > limit and args.skip_beyond_limit:
+                    continue
+                row = measure(model, L, B, decode_tokens, prefill=B * L <= args.max_prefill_tokens)
+                row.update(model=name, beyond_position_limit=name == "original" and L > limit)
+                rows.append(row)
+                _log(f"model {name} L={L} B={B}: prefill {row['prefill_s'] or 0:.2f} s, "
+                     f"decode {row['decode_ms']:.1f} ms/step")
+    for B in batches:
+        ms = non_attention_decode_ms(models, B, 2 * decode_tokens)
+        non_attention += [{"model": name, "batch": B, "decode_ms": ms[name]} for name in ms]
+    payload = {**head, "models": what, "position_limit": limit, "decode_tokens": decode_tokens,
+               "max_prefill_tokens": args.max_prefill_tokens, "rows": rows, "non_attention": non_attention}
+    payload["targets"] = model_targets(payload)
+    out = Path(out)
+    write_results(out, "results", payload, model_markdown(payload))
+    model_plots(payload, out)
+    return payload
+
+
+def _get(rows: list[dict], model: str, context: int, batch: int, key: str):
+    for r in rows:
+        if r["model"] == model and r["context"] == context and r["batch"] == batch:
+            return r.get(key)
+    return None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def model_targets(p: dict) -> list[dict]:
+    """The issue's model targets as rows of (target, measured ratio, met)."""
+    rows = p["rows"]
+
+    def ratio(key: str, a: tuple[str, int, int], b: tuple[str, int, int]):
+        return _ratio(_get(rows, *a, key), _get(rows, *b, key))
+
+    lin_b1 = [r for r in rows if r["model"] == "linearized" and r["batch"] == 1]
+    sizes = {r["cache_bytes"] for r in lin_b1}
+    t = [
+        target_row("linearized decode ms/token at 16,384 context <= 1.2x its ms at 512 (batch 1)",
+                   ratio("decode_ms", ("linearized", 16384, 1), ("linearized", 512, 1)), 1.2, higher_is_better=False),
+        target_row("linearized cache bytes equal at every context (batch 1): largest / smallest",
+                   (max(sizes) / min(sizes)) if len(lin_b1) > 1 else None, 1.0, higher_is_better=False,
+                   note=f"{len(lin_b1)} contexts" if len(lin_b1) > 1 else ""),
+    ]
+    for L, B, need in ((8192, 1, 2.0), (16384, 1, 3.0), (8192, 8, 3.0)):
+        t.append(target_row(f"decode >= {need:g}x faster than the original at {L:,} context, batch {B}",
+                            ratio("decode_ms", ("original", L, B), ("linearized", L, B)), need))
+    for L in sorted({r["context"] for r in rows if r["context"] >= 4096}):
+        t.append(target_row(f"prefill faster than the original at {L:,} tokens (batch 1): original / linearized",
+                            ratio("prefill_s", ("original", L, 1), ("linearized", L, 1)), 1.0))
+    na = {(r["model"], r["batch"]): r["decode_ms"] for r in p["non_attention"]}
+    for B in sorted({r["batch"] for r in p["non_attention"]}):
+        t.append(target_row(f"non-attention part of the decode step no slower than the original's (batch {B}): "
+                            "linearized / original", _ratio(na.get(("linearized", B)), na.get(("original", B))),
+                            1.05, higher_is_better=False, note="threshold 1.05: 5% timing noise allowed"))
+    return t
+
+
+def model_markdown(p: dict) -> str:
+    rows = [dict(r, cache_mib=r["cache_bytes"] / 2**20, peak_extra_mib=r["peak_extra_bytes"] / 2**20,
+                 peak_rss_mib=r["peak_rss_bytes"] / 2**20) for r in p["rows"]]
+    beyond = any(r["beyond_position_limit"] for r in rows)
+    md = [f"# Linearized vs. original: prefill, decode, memory\n\n{header_markdown(p)}",
+          f"Models: {p['models']}. Float32, no gradient. Decode: median of {p['decode_tokens']} single-token steps "
+          f"(ms per step for the whole batch). Cache from a real prefill when batch x context <= "
+          f"{p['max_prefill_tokens']:,} tokens, else synthetic (random contents of the right shapes; see "
+          "liger.bench.model). Memory: peak RSS of the process during the measurement, the part above its start "
+          "(peak extra), and the exact bytes of the cache after the last step.",
+          (f"The original's max_position_embeddings is {p['position_limit']:,}; rows beyond it ran with RoPE "
+           "extrapolation (speed only)." if beyond else ""), "", "## Targets\n", targets_markdown(p["targets"]), "",
+          "## Rows\n",
+          markdown_table(rows, ["model", "context", "batch", "cache_source", "prefill_s", "prefill_tokens_per_s",
+                                "decode_ms", "cache_mib", "peak_extra_mib", "peak_rss_mib"],
+                         ["model", "context", "batch", "cache", "prefill s", "prefill tokens/s", "decode ms/step",
+                          "cache MiB", "peak extra MiB", "peak RSS MiB"]), "",
+          "## Decode step without attention (attention modules stubbed to zeros)\n",
+          markdown_table(p["non_attention"], ["model", "batch", "decode_ms"], ["model", "batch", "ms/step"]), ""]
+    return "\n".join(md)
+
+
+def model_plots(p: dict, out: Path) -> list[Path]:
+    rows = p["rows"]
+    files = []
+    for key, fname, title, ylabel, scale in (
+        ("decode_ms", "model_decode.png", "decode latency", "ms per step", 1.0),
+        ("prefill_s", "model_prefill.png", "prefill latency", "s", 1.0),
+        ("cache_bytes", "model_cache.png", "cache size after decoding", "MiB", 2**-20),
+        ("peak_extra_bytes", "model_peak_memory.png", "peak memory above the loaded models", "MiB", 2**-20),
+    ):
+        series = {}
+        for model in ("original", "linearized"):
+            for B in sorted({r["batch"] for r in rows}):
+                sel = [r for r in rows if r["model"] == model and r["batch"] == B]
+                if sel and any(r.get(key) is not None for r in sel):
+                    series[f"{model}, batch {B}"] = ([r["context"] for r in sel],
+                                                     [None if r.get(key) is None else r[key] * scale for r in sel])
+        files.append(line_plot(out / fname, series, title, "context (tokens)", ylabel))
+    na = p["non_attention"]
+    batches = sorted({r["batch"] for r in na})
+    files.append(bar_plot(out / "model_non_attention.png", [f"batch {b}" for b in batches],
+                          {m: [next((r["decode_ms"] for r in na if r["model"] == m and r["batch"] == b), None)
+                               for b in batches] for m in ("original", "linearized")},
+                          "decode step with attention stubbed out", "ms per step"))
+    return files
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench-results/model")
+    p.add_argument("--quick", action="store_true", help="fewer, smaller sizes")
+    p.add_argument("--tiny-model", action="store_true", help=argparse.SUPPRESS)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    print(model_markdown(run(args, args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import liger
 from liger.bench.ops import gla_flops, gla_inputs
 from liger.cli import main
-from liger.mixers.liger_attention import LigerAttention
+from liger.mixers.cores import GLACore
 from liger.ops import chunk_gla
 
 TARGET_KEYS = {"target", "measured", "met", "note"}
@@ -115,12 +115,12 @@ def test_bench_all_and_errors(tmp_path, capsys):
     assert main(["bench", "train", "--out", str(tmp_path / "x"), "--tiny-model", "--precisions", "fp16"]) == 2
 
 
-# The single-token decode path (LigerAttention.decode_step) against the general one (the core).
+# The single-token decode path (GLACore.decode_step) against the general one.
 
 
 def _decode(model, ids, prefill, fast=True, monkeypatch=None):
     if not fast:
-        monkeypatch.setattr(LigerAttention, "_fast_decode_ok", lambda self, valid, cache: False)
+        monkeypatch.setattr(GLACore, "decodes_in_place", lambda self, attn, valid, cache: False)
     with torch.no_grad():
         out = model(ids[:, :prefill], use_cache=True) if prefill else None
         cache = out.past_key_values if out is not None else liger.LigerCache(model)
@@ -146,7 +146,11 @@ def test_fast_decode_equals_the_core(mixer, window, prefill, monkeypatch):
     ids = torch.randint(0, 128, (2, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids).logits
+    calls = []
+    step = GLACore.decode_step
+    monkeypatch.setattr(GLACore, "decode_step", lambda self, *a: calls.append(1) or step(self, *a))
     fast, cache = _decode(model, ids, prefill)
+    assert len(calls) == (30 - prefill) * 2  # every step of both linearized layers took the fast path
     slow, _ = _decode(model, ids, prefill, fast=False, monkeypatch=monkeypatch)
     assert (fast - full).abs().max().item() <= 1e-4
     assert (fast - slow).abs().max().item() <= 1e-4

@@ -15,6 +15,8 @@ from ..cache import LigerLayerCache
 from ..config import LigerConfig
 from ..errors import ConfigError
 from ..ops import chunk_gla, fused_recurrent_gla, roll_window, window_attention
+from ..ops.gla import gla_step
+from ..ops.window import window_step
 from ..ops import sequence_parallel
 
 Tensor = torch.Tensor
@@ -78,6 +80,8 @@ class GLACore(nn.Module):
 
     def forward(self, attn, q, k, v, position_embeddings, valid, cache: LigerLayerCache | None) -> Tensor:
         c = self.config
+        if cache is not None and q.shape[1] == 1 and self.decodes_in_place(attn, valid, cache):
+            return self.decode_step(attn, q, k, v, position_embeddings, cache)
         o, state = self.linear(q, k, v, valid, cache.state if cache is not None else None, cache is not None)
         window = None
         if c.window > 0:
@@ -87,16 +91,55 @@ class GLACore(nn.Module):
                 past = sp.halo(kr, v, valid, c.window, past)
             o_win = window_attention(qr, kr, v, c.window, scale=attn.scaling, key_valid=valid, past=past,
                                      softcap=attn.softcap)
-            if isinstance(getattr(self, "mix", None), nn.Parameter):
-                a, b = self.mix[:, 0, None], self.mix[:, 1, None]
-            else:
-                a, b = c.mix
+            a, b = self.mix_weights()
             o = a * o_win + b * o
             if cache is not None:
                 window = roll_window(past, kr.detach(), v.detach(), valid, c.window)
         if cache is not None:
             cache.store(detach_state(state), window, q.shape[1])
         return o
+
+    def mix_weights(self) -> tuple:
+        """The weights (window, linear): floats, or per-head [Hq, 1] parameters with `learnable_mix`."""
+        mix = getattr(self, "mix", None)
+        return (mix[:, 0, None], mix[:, 1, None]) if isinstance(mix, nn.Parameter) else self.config.mix
+
+    def decodes_in_place(self, attn, valid: Tensor | None, cache: LigerLayerCache) -> bool:
+        """Whether `decode_step` may serve this single-token step: GLACore's own linear branch (not a
+        subclass's), no autograd, no attention transfer, no soft-capping, no sequence parallelism, a valid
+        token (padding takes the general path), a window of 0 or >= 2 tokens, and cache tensors that may
+        be written in place (not inference tensors outside inference mode)."""
+        w = self.config.window
+        state = cache.state
+        return (
+            type(self).linear is GLACore.linear and not torch.is_grad_enabled() and not attn.transfer
+            and not attn.softcap and w != 1 and (w == 0 or cache.ring is not None or cache.seen == 0)
+            and sequence_parallel.current() is None and (valid is None or bool(valid.all()))
+            and not (state is not None and state.is_inference() and not torch.is_inference_mode_enabled())
+        )
+
+    def decode_step(self, attn, q: Tensor, k: Tensor, v: Tensor, position_embeddings,
+                    cache: LigerLayerCache) -> Tensor:
+        """`forward` for one valid token of a cached sequence, without allocating: the recurrent state is
+        updated in place and the window is a ring whose oldest slot the new key overwrites. Same result as
+        the general path (tests/test_bench.py). q [B, 1, Hq, D], k and v [B, 1, Hk, D] -> [B, 1, Hq, D]."""
+        c = self.config
+        B, _, Hq, D = q.shape
+        qf, kf, g = (t[:, 0] for t in construct(c.mixer, q.float(), k.float(), c.gate_normalizer))
+        if cache.state is None:
+            cache.state = kf.new_zeros(B, k.shape[2], D, v.shape[-1])
+        o, _ = gla_step(cache.state, qf, kf, v[:, 0].float(), g, in_place=True)
+        if c.window > 0:
+            qr, kr = attn.rope(q, k, position_embeddings)
+            if cache.ring is None:  # decoding from an empty cache: an empty (invalid) window
+                cache.window = roll_window(None, kr[:, :0], v[:, :0], None, c.window)
+            o_win = window_step(qr[:, 0], cache.ring, kr[:, 0], v[:, 0], attn.scaling)
+            a, b = self.mix_weights()
+            o = a * o_win + b * o
+            cache.push_window(kr[:, 0], v[:, 0], torch.ones(B, dtype=torch.bool, device=q.device))
+        cache.seen += 1
+        cache.is_initialized = True
+        return o[:, None]
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
         """The linear branch: o [B, T, Hq, D] and, if `want_state`, the state after the T tokens (`state`, the

@@ -77,15 +77,28 @@ def fused_recurrent_gla(
     B, T, Hq, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    qf = q.float().view(B, T, Hk, G, K)
-    kf, vf, decay = k.float(), v.float(), g.float().exp()
+    qf, kf, vf, gf = q.float(), k.float(), v.float(), g.float()
     S = q.new_zeros(B, Hk, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     outs = []
     for t in range(T):
-        S = S * decay[:, t, :, :, None] + kf[:, t, :, :, None] * vf[:, t, :, None, :]
-        outs.append(torch.matmul(qf[:, t], S))  # [B, Hk, G, K] @ [B, Hk, K, V]
-    o = torch.stack(outs, 1).reshape(B, T, Hq, V) * scale
+        o, S = gla_step(S, qf[:, t], kf[:, t], vf[:, t], gf[:, t])
+        outs.append(o)
+    o = torch.stack(outs, 1) * scale
     return o.to(v.dtype), (S if output_final_state else None)
+
+
+def gla_step(S: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
+    """One token of the recurrence, float32, scale 1: S <- diag(exp(g)) S + k^T v, then o = q S.
+
+    q [B, Hq, K], k and g [B, Hk, K], v [B, Hk, V], S [B, Hk, K, V] -> (o [B, Hq, V], the new S).
+    `in_place` writes the new state into S's storage (decoding without autograd: no allocation)."""
+    B, Hk, K = k.shape
+    if in_place:
+        S = S.mul_(g.exp().unsqueeze(-1)).addcmul_(k.unsqueeze(-1), v.unsqueeze(-2))
+    else:
+        S = S * g.exp().unsqueeze(-1) + k.unsqueeze(-1) * v.unsqueeze(-2)
+    o = torch.matmul(q.reshape(B, Hk, -1, K), S)  # [B, Hk, G, K] @ [B, Hk, K, V]
+    return o.reshape(B, q.shape[1], -1), S
 
 
 @float32_op

@@ -101,6 +101,24 @@ def window_attention_parts(
     return num, den
 
 
+def window_step(q: Tensor, ring: tuple[Tensor, Tensor, Tensor], k: Tensor, v: Tensor, scale: float,
+                key_valid: Tensor | None = None) -> Tensor:
+    """One decode step: the new query over the cached `window - 1` tokens plus the new one, float32 [B, Hq, D].
+
+    q [B, Hq, D] and k [B, Hk, D] after RoPE, v [B, Hk, D]; ring: the cache's (k, v, valid) buffers
+    [B, window - 1, ...] in any slot order (attention does not depend on it); key_valid [B] or None (valid).
+    One scaled_dot_product_attention over window keys; no soft-capping."""
+    rk, rv, rvalid = ring
+    B, Hq = q.shape[:2]
+    new_valid = torch.ones(B, 1, dtype=torch.bool, device=q.device) if key_valid is None else key_valid.bool()[:, None]
+    keys = torch.cat([rk, k.to(rk.dtype)[:, None]], 1).transpose(1, 2).float()  # [B, Hk, window, D]
+    values = torch.cat([rv, v.to(rv.dtype)[:, None]], 1).transpose(1, 2).float()
+    mask = torch.cat([rvalid, new_valid], 1)[:, None, None, :]
+    o = F.scaled_dot_product_attention(q[:, :, None].float(), keys, values, attn_mask=mask, scale=scale,
+                                       enable_gqa=Hq != k.shape[1])
+    return o.view(B, Hq, -1)
+
+
 def roll_window(
     past: tuple[Tensor, Tensor, Tensor] | None,
     k: Tensor,

@@ -134,15 +134,15 @@ def test_passkey_probe_places_the_key(tok):
 
 def test_efficiency_rows_and_constant_linear_cache():
     model = liger.linearize(tiny_model("llama"))
-    rows = measure(model, [16, 48], (1, 2), decode_tokens=2)
-    assert [(r["length"], r["batch"]) for r in rows] == [(16, 1), (16, 2), (48, 1), (48, 2)]
+    rows = measure({"linearized": model}, [16, 48], (1, 2), decode_tokens=2)
+    assert [(r["context"], r["batch"]) for r in rows] == [(16, 1), (16, 2), (48, 1), (48, 2)]
     for r in rows:
-        assert r["prefill_s"] > 0 and r["decode_ms_per_step"] > 0 and r["decode_tokens"] == 2
+        assert r["prefill_s"] > 0 and r["decode_ms"] > 0 and r["decode_tokens"] == 2 and r["model"] == "linearized"
         assert r["peak_rss_bytes"] >= r["peak_extra_bytes"] >= 0 and r["peak_rss_bytes"] > 0
         assert r["cache_bytes"] == r["cache_bytes_per_sequence"] * r["batch"]
     b1 = [r["cache_bytes"] for r in rows if r["batch"] == 1]
     assert len(set(b1)) == 1 and b1[0] == liger.cache.cache_footprint(model)["fixed"]  # constant, as predicted
-    soft = measure(tiny_model("llama"), [16, 48], (1,), decode_tokens=2, warmup=False)
+    soft = measure({"original": tiny_model("llama")}, [16, 48], (1,), decode_tokens=2, warmup=False)
     per_token = liger.cache.cache_footprint(model)["original_per_token"]
     assert [r["cache_bytes"] for r in soft] == [(16 + 2) * per_token, (48 + 2) * per_token]
 
@@ -185,7 +185,7 @@ def test_cli_end_to_end_and_deterministic(folders, tmp_path, monkeypatch):
     for png in a["plots"]:
         assert f"]({png})" in md
     eff = a["sections"]["efficiency"]
-    assert [(r["length"], r["batch"]) for r in eff["linearized"]] == [(32, 1), (64, 1)]
+    assert [(r["context"], r["batch"]) for r in eff["linearized"]] == [(32, 1), (64, 1)]
 
 
 @pytest.mark.parametrize(

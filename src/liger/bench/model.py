@@ -1,18 +1,10 @@
 """Model benchmark: the linearized bundled teacher against the original, at contexts 512 to 16,384 tokens and
 batch sizes 1 and 8 (float32, no gradient).
 
-For each (model, context L, batch B):
-- prefill: one forward pass over L random token ids (seeded) with a fresh cache, logits for the last
-  position only; wall time. Run when B * L <= --max-prefill-tokens; beyond that the cache is *synthetic*:
-  random keys/values of L tokens for softmax layers (transformers' DynamicCache), random recurrent states
-  and a full window for linearized layers, with the position counters at L. A decode step costs the same
-  on either (its cost depends on the cache's shapes, not its values); the row says which was used.
-- decode: --decode-tokens single-token steps with that cache, each feeding the previous argmax; the median
-  step time (ms per step for the whole batch).
-- memory: the process's peak RSS during prefill (or cache creation) + decode and the part above the RSS at
-  the start (`peak_extra`, what the measurement itself needed: activations, cache, workspace; see
-  liger.evaluate.memory), and the exact bytes of every cache tensor after the last step
-  (`liger.cache_nbytes`).
+For each (context L, batch B), the two models back to back: prefill latency, median decode step, peak memory
+and exact cache bytes, measured by `liger.evaluate.efficiency.measure` (the same function `liger eval` uses;
+see its docstring). Prefill runs when B * L <= --max-prefill-tokens; beyond that the decode starts from a
+synthetic cache of the right shapes (a decode step costs the same on either; the row says which was used).
 - non-attention decode: each model's decode step with every attention module replaced by a stub that
   returns zeros, at batch 1 and 8 (embedding, norms, MLPs, the 49K-vocabulary output layer, the framework).
 
@@ -30,84 +22,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-from ..cache import LigerCache, LigerLayerCache, cache_nbytes
 from ..errors import ConfigError
-from ..evaluate.memory import PeakRSS
-from ..surgery import decoder_layers, linearized_layer_indices
+from ..evaluate.efficiency import measure
+from ..surgery import decoder_layers
 from .common import (bar_plot, header, header_markdown, int_list, line_plot, load_pair, markdown_table,
                      target_row, targets_markdown, write_results)
 
 FULL_CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_CONTEXTS = (512, 2048)
-
-
-def _step(model: nn.Module, ids: torch.Tensor, cache=None):
-    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-
-
-def synthetic_cache(model: nn.Module, batch: int, length: int, seed: int = 0):
-    """A cache as if `length` tokens had been prefilled, with random contents: DynamicCache keys/values
-    [B, Hk, L, D] for softmax layers, float32 states [B, Hk, D, D] and full windows for linearized layers."""
-    cfg = model.config.get_text_config()
-    dtype = next(model.parameters()).dtype
-    gen = torch.Generator().manual_seed(seed)
-    linear = set(linearized_layer_indices(model))
-    cache = LigerCache(model) if linear else DynamicCache()
-    for i, layer in enumerate(decoder_layers(model)):
-        attn = layer.self_attn
-        hk = getattr(attn, "num_kv_heads", None) or cfg.num_key_value_heads
-        d = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if i in linear:
-            lc: LigerLayerCache = cache.layers[i]
-            w = attn.liger.window
-            state = torch.randn(batch, hk, d, d, generator=gen) * 0.1
-            window = None
-            if w > 0:
-                window = (torch.randn(batch, w - 1, hk, d, generator=gen).to(dtype),
-                          torch.randn(batch, w - 1, hk, d, generator=gen).to(dtype),
-                          torch.ones(batch, w - 1, dtype=torch.bool))
-            lc.store(state, window, length)
-        else:
-            k = torch.randn(batch, hk, length, d, generator=gen).to(dtype)
-            cache.update(k, torch.randn_like(k), i)
-    return cache
-
-
-@torch.no_grad()
-def measure(model: nn.Module, length: int, batch: int, decode_tokens: int = 16, prefill: bool = True,
-            seed: int = 0) -> dict:
-    """One (context, batch) measurement; see the module docstring. Times in seconds / ms, memory in bytes."""
-    vocab = model.config.get_text_config().vocab_size
-    gen = torch.Generator().manual_seed(seed)
-    steps: list[float] = []
-    with PeakRSS() as mem:
-        if prefill:
-            ids = torch.randint(0, vocab, (batch, length), generator=gen)
-            t0 = time.perf_counter()
-            cache, nxt = _step(model, ids)
-            prefill_s = time.perf_counter() - t0
-        else:
-            cache, prefill_s = synthetic_cache(model, batch, length, seed), None
-            nxt = torch.randint(0, vocab, (batch, 1), generator=gen)
-        for _ in range(decode_tokens):
-            t0 = time.perf_counter()
-            cache, nxt = _step(model, nxt, cache)
-            steps.append(time.perf_counter() - t0)
-        nbytes = cache_nbytes(cache)
-        del cache
-    steps.sort()
-    return {
-        "context": length, "batch": batch, "cache_source": "prefill" if prefill else "synthetic",
-        "prefill_s": prefill_s,
-        "prefill_tokens_per_s": batch * length / prefill_s if prefill_s else None,
-        "decode_ms": 1e3 * steps[len(steps) // 2] if steps else None,
-        "decode_ms_mean": 1e3 * sum(steps) / len(steps) if steps else None,
-        "cache_bytes": nbytes, "cache_bytes_per_sequence": nbytes // batch,
-        "peak_rss_bytes": mem.peak, "peak_extra_bytes": mem.extra,
-    }
 
 
 @contextlib.contextmanager
@@ -171,21 +94,18 @@ def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -
     head = header(command)
     original, linearized, what = load_pair(getattr(args, "tiny_model", False))
     limit = original.config.get_text_config().max_position_embeddings
-    rows, non_attention = [], []
     models = {"original": original, "linearized": linearized}
-    for model in models.values():
-        model.eval()
-        measure(model, 32, 1, decode_tokens=2)  # warm-up: lazy initialisation, thread pools
-    for L in contexts:  # the two models back to back at each size, so their ratio sees the same machine state
-        for B in batches:
-            for name, model in models.items():
-                if name == "original" and L > limit and args.skip_beyond_limit:
-                    continue
-                row = measure(model, L, B, decode_tokens, prefill=B * L <= args.max_prefill_tokens)
-                row.update(model=name, beyond_position_limit=name == "original" and L > limit)
-                rows.append(row)
-                _log(f"model {name} L={L} B={B}: prefill {row['prefill_s'] or 0:.2f} s, "
-                     f"decode {row['decode_ms']:.1f} ms/step")
+
+    def log(row: dict) -> None:
+        _log(f"model {row['model']} L={row['context']} B={row['batch']}: prefill {row['prefill_s'] or 0:.2f} s, "
+             f"decode {row['decode_ms']:.1f} ms/step")
+
+    rows = measure(models, contexts, batches, decode_tokens, max_prefill_tokens=args.max_prefill_tokens,
+                   skip=lambda name, L, B: name == "original" and L > limit and args.skip_beyond_limit,
+                   on_result=log)
+    for row in rows:
+        row["beyond_position_limit"] = row["model"] == "original" and row["context"] > limit
+    non_attention = []
     for B in batches:
         ms = non_attention_decode_ms(models, B, 2 * decode_tokens)
         non_attention += [{"model": name, "batch": B, "decode_ms": ms[name]} for name in ms]

@@ -69,16 +69,16 @@ def efficiency_plot(rows: dict[str, list[dict]], path: str | Path) -> None:
     """Prefill latency, decode time per step, peak extra RSS and cache bytes against context length; one line
     per model and batch size. rows: {model label: efficiency rows}."""
     plt = _plt()
-    panels = [("prefill_s", "prefill latency (s)", 1), ("decode_ms_per_step", "decode time per step (ms)", 1),
+    panels = [("prefill_s", "prefill latency (s)", 1), ("decode_ms", "decode time per step (ms)", 1),
               ("peak_extra_bytes", "peak memory above the loaded models (MiB)", 2**20),
               ("cache_bytes", "cache after decoding (MiB)", 2**20)]
     fig, axes = plt.subplots(1, len(panels), figsize=(19, 4.5))
     for label, rs in rows.items():
         for batch in sorted({r["batch"] for r in rs}):
-            sel = sorted((r for r in rs if r["batch"] == batch), key=lambda r: r["length"])
+            sel = sorted((r for r in rs if r["batch"] == batch), key=lambda r: r["context"])
             style = "-o" if label == "teacher" else "--s"
             for ax, (key, _, scale) in zip(axes, panels):
-                pts = [(r["length"], r[key] / scale) for r in sel if r[key] is not None]
+                pts = [(r["context"], r[key] / scale) for r in sel if r[key] is not None]
                 if pts:
                     ax.plot(*zip(*pts), style, label=f"{LABELS.get(label, label)}, batch {batch}")
     for ax, (_, name, _) in zip(axes, panels):

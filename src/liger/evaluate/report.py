@@ -69,13 +69,13 @@ def summary_rows(sec: dict) -> list[dict]:
     if "efficiency" in sec:
         eff = sec["efficiency"]
         for batch in sorted({r["batch"] for r in eff["teacher"]}):
-            L = max(r["length"] for r in eff["teacher"] if r["batch"] == batch)
-            t = next(r for r in eff["teacher"] if r["batch"] == batch and r["length"] == L)
-            s = next(r for r in eff["linearized"] if r["batch"] == batch and r["length"] == L)
+            L = max(r["context"] for r in eff["teacher"] if r["batch"] == batch)
+            t = next(r for r in eff["teacher"] if r["batch"] == batch and r["context"] == L)
+            s = next(r for r in eff["linearized"] if r["batch"] == batch and r["context"] == L)
             add(f"prefill tokens/s at {L} tokens, batch {batch}", t["prefill_tokens_per_s"], s["prefill_tokens_per_s"],
                 "higher")
-            if t["decode_ms_per_step"] is not None:
-                add(f"decode ms/step at {L} tokens, batch {batch}", t["decode_ms_per_step"], s["decode_ms_per_step"],
+            if t["decode_ms"] is not None:
+                add(f"decode ms/step at {L} tokens, batch {batch}", t["decode_ms"], s["decode_ms"],
                     "lower")
             add(f"cache MiB at {L} tokens, batch {batch}", t["cache_bytes"] / 2**20, s["cache_bytes"] / 2**20, "lower")
             add(f"peak memory above the models, MiB, at {L} tokens, batch {batch}", t["peak_extra_bytes"] / 2**20,
@@ -154,12 +154,13 @@ def eval_markdown(res: dict) -> str:
         method = next(iter(sec["efficiency"].values()))[0]["memory_method"]
         lines += ["", "## Efficiency", "",
                   "Prefill: one forward pass over seeded random tokens with a fresh cache (logits of the last position "
-                  "only); decode: single-token steps with that cache; one timed run each after a warm-up, wall clock "
-                  "(expect 2x noise on a shared CPU). Cache: bytes of every cache tensor after decoding (exact). "
+                  "only); decode: single-token steps with that cache, median step; the models back to back at each "
+                  "size, after a warm-up, wall clock (expect 2x noise on a shared CPU). Cache: bytes of every cache "
+                  "tensor after decoding (exact). "
                   "Peak RSS: the process's resident-memory high-water mark during prefill + decode "
                   f"({'kernel VmHWM, reset before each run' if method == 'vmhwm' else 'sampled every 2 ms'}); "
                   "extra = peak minus RSS before the run (both models stay loaded).", ""]
-        rows = [[label, r["length"], r["batch"], r["prefill_s"], r["prefill_tokens_per_s"], r["decode_ms_per_step"],
+        rows = [[label, r["context"], r["batch"], r["prefill_s"], r["prefill_tokens_per_s"], r["decode_ms"],
                  r["decode_tokens_per_s"], r["cache_bytes"] / 2**20, r["peak_rss_bytes"] / 2**20,
                  r["peak_extra_bytes"] / 2**20]
                 for label, rs in sec["efficiency"].items() for r in rs]

@@ -232,11 +232,10 @@ def run_eval(opts: EvalOptions) -> dict:
     if "efficiency" in opts.sections:
         from .efficiency import measure
 
-        sec["efficiency"] = {}
-        for label, m in models.items():
-            with _bar(opts, len(opts.eff_lengths) * len(opts.batch_sizes), f"efficiency ({label})") as bar:
-                sec["efficiency"][label] = measure(m, opts.eff_lengths, opts.batch_sizes, opts.decode_tokens,
-                                                   opts.seed, on_result=lambda _: bar.update())
+        with _bar(opts, len(models) * len(opts.eff_lengths) * len(opts.batch_sizes), "efficiency") as bar:
+            rows = measure(models, opts.eff_lengths, opts.batch_sizes, opts.decode_tokens, opts.seed,
+                           on_result=lambda _: bar.update())
+        sec["efficiency"] = {label: [r for r in rows if r["model"] == label] for label in models}
     if "lm_eval" in opts.sections:
         from .lm_eval_adapter import run_lm_eval
 

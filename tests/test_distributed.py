@@ -278,6 +278,79 @@ def test_data_and_sequence_parallel_steps_equal_single_process_steps_and_resume(
     assert not list(tmp_path.glob("**/.*tmp-*"))
 
 
+# ---- FSDP: the frozen weights sharded over the ranks --------------------------------------------------
+def _fsdp_worker(rank: int, world: int, out: Path, job_args: list) -> None:
+    from torch.distributed.tensor import DTensor
+
+    import liger.distributed.sharding as sharding
+    from liger.cli import main
+
+    real, seen = sharding.shard_frozen, []
+
+    def spy(model, par, keep=()):
+        real(model, par, keep)
+        w = next(p for n, p in model.named_parameters() if n.endswith("layers.0.mlp.up_proj.weight"))
+        seen.append([isinstance(w, DTensor), w.to_local().numel(), w.numel()])
+        return model
+
+    sharding.shard_frozen = spy
+    assert main([*job_args, "--fsdp", "--batch-size", "1", "--out", str(out / "fsdp")]) == 0
+    (out / f"sharded-{rank}.json").write_text(json.dumps(seen))
+
+
+@pytest.mark.parametrize("recipe", [["--distill", "kl"],  # the teacher is sharded too
+                                    ["--recipe", "lolcats", "--mixer", "lolcats", "--transfer-tokens", "64"]])
+def test_fsdp_job_equals_the_single_process_job(tmp_path, tiny_job, recipe):
+    from safetensors.torch import load_file
+
+    from liger.cli import main
+
+    job = [*tiny_job, *recipe]
+    assert main([*job, "--batch-size", "2", "--out", str(tmp_path / "single")]) == 0  # the same global batch
+    _launch(_fsdp_worker, 2, tmp_path, job, timeout=240)
+    for rank in (0, 1):  # model (and teacher): each rank holds half of every decoder weight
+        seen = json.loads((tmp_path / f"sharded-{rank}.json").read_text())
+        assert seen == [[True, 2304, 4608]] * (2 if "--distill" in recipe else 1), seen
+    a = json.loads((tmp_path / "single" / "report.json").read_text())
+    b = json.loads((tmp_path / "fsdp" / "report.json").read_text())
+    assert a["tokens_trained"] == b["tokens_trained"]
+    for key in ("teacher_ppl", "converted_ppl", "student_ppl"):
+        assert abs(a[key] - b[key]) <= 1e-4 * a[key], (key, a[key], b[key])
+    wa = load_file(tmp_path / "single" / "model.safetensors")
+    wb = load_file(tmp_path / "fsdp" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for n in wa:  # the merged LoRA updates included
+        assert _maxdiff(wa[n], wb[n]) <= TOL, (n, _maxdiff(wa[n], wb[n]))
+    w0 = load_file(Path(tiny_job[2]) / "model.safetensors")
+    assert any(_maxdiff(wa[n], w0[n]) > 1e-4 for n in wa if "q_proj" in n)  # training changed the weights
+
+
+def test_fsdp_needs_several_processes(tiny_job, tmp_path, capsys):
+    from liger.cli import main
+
+    assert main([*tiny_job, "--fsdp", "--out", str(tmp_path / "x")]) == 2
+    assert "--fsdp" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    """`liger linearize` arguments for a tiny Llama saved with the bundled tokenizer, 4 optimizer steps."""
+    from conftest import tiny_model
+    from transformers import AutoTokenizer
+
+    from liger.data import load_corpus
+    from liger.teacher import teacher_path
+
+    root = tmp_path_factory.mktemp("fsdp")
+    tok = AutoTokenizer.from_pretrained(teacher_path())
+    tiny_model("llama", vocab_size=len(tok), layers=2).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "data.txt").write_text("\n\n".join(load_corpus("builtin").train[:200]))
+    return ["linearize", "--model", str(root / "model"), "--data", str(root / "data.txt"), "--seq-len", "32",
+            "--eval-blocks", "3", "--max-steps", "4", "--warmup-steps", "1", "--precision", "fp32", "--quiet",
+            "--window", "8"]
+
+
 # ---- failures -------------------------------------------------------------------------------------------
 def _failing_rank_worker(rank: int, world: int, out: Path) -> None:
     from liger.distributed import DistributedError

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
                    help="under torchrun: split every sequence over N processes (LASP-2; the liger recipe, "
                    "all layers linearized); the processes form WORLD_SIZE / N data-parallel replicas (default 1)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the frozen weights over the processes (FSDP2), for models that do "
+                   "not fit one device; the trained tensors stay replicated (see docs/SCALING.md)")
     p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long to wait for the other processes at the rendezvous and at "
                    "every collective before failing with an error (default 1800)")
@@ -89,7 +92,8 @@ def options_from_args(args: argparse.Namespace):
         distill_weight=args.distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
         transfer_lr=args.transfer_lr, transfer_tokens=args.transfer_tokens, lora_r=args.lora_r, train=train,
         merge=not args.no_merge, resume=args.resume, grad_checkpointing=args.gradient_checkpointing,
-        progress=not args.quiet, sequence_parallel=args.sequence_parallel, dist_timeout=args.dist_timeout,
+        progress=not args.quiet, sequence_parallel=args.sequence_parallel, fsdp=args.fsdp,
+        dist_timeout=args.dist_timeout,
     )
 
 

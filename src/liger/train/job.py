@@ -8,7 +8,9 @@ Under torchrun / accelerate launch (WORLD_SIZE > 1) the job runs on every proces
 downloads, the bundled teacher's conversion), every rank checks that it holds the same data, evaluation is
 split over the ranks, training is data parallel (and sequence parallel with `sequence_parallel > 1`), and
 only rank 0 writes the work folder and the output. The work and output folders must be on a filesystem
-every rank can read (one node, or a shared filesystem) for `--resume`.
+every rank can read (one node, or a shared filesystem) for `--resume`. With `fsdp`, the frozen weights are
+sharded over the ranks right after loading (liger.distributed.sharding) and every forward pass, evaluation
+included, runs on all ranks.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class JobOptions:
     grad_checkpointing: bool = False
     progress: bool = True
     sequence_parallel: int = 1  # ranks that split each sequence (LASP-2); the others are data parallel
+    fsdp: bool = False  # shard the frozen weights over the ranks (liger.distributed.sharding)
     dist_timeout: float = DEFAULT_TIMEOUT_S  # seconds for the rendezvous and every collective
 
     def fingerprint(self) -> dict:
@@ -66,24 +69,33 @@ class JobOptions:
             d.pop(k)
         if d["sequence_parallel"] == 1:  # as before the option existed: older checkpoints still resume
             d.pop("sequence_parallel")
-        if not d["softmax_auto"]:
-            d.pop("softmax_auto")
+        for k in ("softmax_auto", "fsdp"):  # as before the options existed, when off
+            if not d[k]:
+                d.pop(k)
         d["train"].pop("max_minutes")  # a resumed run may get more time
         return json.loads(json.dumps(d))
 
 
-def perplexity(model, blocks, par: ParallelContext | None = None) -> float:
+def perplexity(model, blocks, par: ParallelContext | None = None, batch_size: int = 4) -> float:
     """Held-out perplexity; with several ranks each evaluates every world-th block and the summed NLLs are
-    combined (the same number as one process, up to float rounding)."""
+    combined (the same number as one process, up to float rounding). On a sharded model (FSDP) every rank
+    runs as many forward passes as the busiest one (extra passes are discarded): its all-gathers are
+    collectives."""
+    from ..distributed.sharding import is_sharded
     from ..evaluate.perplexity import perplexity as lm_perplexity
 
     if par is None or not par.distributed:
-        return lm_perplexity(model, blocks, batch_size=4)["perplexity"]
+        return lm_perplexity(model, blocks, batch_size=batch_size)["perplexity"]
     mine = blocks[par.rank :: par.world]
     stats = torch.zeros(2, dtype=torch.float64)
     if mine.shape[0]:
-        r = lm_perplexity(model, mine, batch_size=4)
+        r = lm_perplexity(model, mine, batch_size=batch_size)
         stats = torch.tensor([r["nll"] * r["tokens"], r["tokens"]], dtype=torch.float64)
+    if is_sharded(model):
+        most = math.ceil(math.ceil(blocks.shape[0] / par.world) / batch_size)
+        with torch.no_grad(), par.guard("the held-out perplexity (sharded forward)"):
+            for _ in range(most - math.ceil(mine.shape[0] / batch_size)):
+                model(blocks[:1].to(par.device))
     stats = stats.to(par.device)
     par.all_reduce_sum([stats], "the held-out perplexity")
     return math.exp(stats[0].item() / stats[1].item())
@@ -125,11 +137,24 @@ def _check_sequence_parallel(opts: JobOptions) -> None:
         raise ConfigError(f"--seq-len {opts.seq_len} is shorter than --sequence-parallel {opts.sequence_parallel}")
 
 
+def _check_fsdp(opts: JobOptions, par: ParallelContext) -> None:
+    if not opts.fsdp:
+        return
+    if not par.distributed:
+        raise ConfigError("--fsdp shards the model over several processes; launch with torchrun --nproc-per-node N "
+                          "(N >= 2), or drop --fsdp")
+    if opts.sequence_parallel > 1:
+        raise ConfigError("--fsdp and --sequence-parallel cannot be combined yet; use one of them")
+    if not opts.merge:
+        raise ConfigError("--fsdp saves the merged model only; drop --no-merge")
+
+
 def _run(opts: JobOptions, par: ParallelContext) -> dict:
     out = Path(opts.out).expanduser()
     work = out.parent / (out.name + ".work")
     started = time.time()
     _check_sequence_parallel(opts)
+    _check_fsdp(opts, par)
     if opts.resume:
         if read_checkpoint_state(work) is None:
             raise CheckpointError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
@@ -146,13 +171,13 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
     with par.main_first("loading the model"):  # downloads and conversions happen once
         model, tok = load_model(opts.model, dtype=torch.float32)
-    model.to(par.device)
+    place(model, opts, par)
     teacher = None
     if opts.distill_weight > 0:
         teacher, _ = load_model(opts.model, dtype=torch.float32)
-        teacher.to(par.device)
         for p in teacher.parameters():
             p.requires_grad_(False)
+        place(teacher, opts, par)
     with par.main_first("loading the data"):
         corpus, train_blocks, heldout = _load_data(opts, tok, model)
     par.check_same(train_blocks, "training data")
@@ -177,6 +202,10 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
         opts = dataclasses.replace(opts, liger=liger_cfg)
         _log(f"softmax layers chosen from data: {list(opts.liger.softmax_layers)}", opts)
     linearize(model, opts.liger)
+    if opts.fsdp:  # the mixers' new parameters stay whole (they may train)
+        from ..distributed.sharding import place_replicated
+
+        place_replicated(model, par.device)
     model.config.liger_teacher = opts.model
     if "converted_ppl" not in metrics:
         _log("held-out perplexity right after conversion", opts)
@@ -249,8 +278,13 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
     _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
          f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
+    state = None
+    if opts.fsdp:  # every rank takes part in gathering the shards; rank 0 writes them
+        from ..distributed.sharding import full_state_dict
+
+        state = full_state_dict(model, par)
     if par.is_main:
-        _save(model, tok, out, work, report, opts)
+        _save(model, tok, out, work, report, opts, state)
         shutil.rmtree(work, ignore_errors=True)
     par.barrier("saving the output")
     return report
@@ -284,7 +318,18 @@ def _report(opts, metrics, results, trained_params, corpus, train_blocks, heldou
     }
 
 
-def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions) -> None:
+def place(model, opts: JobOptions, par: ParallelContext) -> None:
+    """Put a loaded model on this rank's device: whole, or (--fsdp) its shards of it."""
+    if opts.fsdp:
+        from ..distributed.sharding import shard_frozen
+
+        shard_frozen(model, par)
+    else:
+        model.to(par.device)
+
+
+def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions, state: dict | None = None) -> None:
+    """Write the output folder (atomically); `state`: the full state dict of a sharded model."""
     from .report import loss_plot, report_markdown
 
     with atomic_output_dir(out) as tmp:
@@ -292,7 +337,7 @@ def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions) -> 
             model.save_pretrained(tmp / "adapter")
             model.unload().save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state)
         tok.save_pretrained(tmp)
         log = work / "train_log.jsonl"
         if log.is_file():

@@ -57,7 +57,12 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) 
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    """Fold the LoRA adapters into the weights and remove them (sharded weights: each rank its own rows)."""
+    from ..distributed.sharding import is_sharded, merge_lora_sharded
+
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return merge_lora_sharded(model) if is_sharded(model) else model.merge_and_unload()
 
 
 def transfer_mode(model: nn.Module, on: bool) -> None:

@@ -47,6 +47,26 @@ def test_matches_reference_outputs_states_and_grads(op, T, with_state):
             assert rel_err(a, b) < TOL, name
 
 
+@pytest.mark.parametrize("step", [0.9, 1.6])  # within-chunk spans ~29 (float32 matmul) and ~51 (float64)
+def test_both_intra_chunk_precisions_match_the_reference(step):
+    from liger.ops.gla import FLOAT32_SPAN
+
+    q, k, v, _, h0 = make_inputs(1, 200, 4, 2, 16, 16, seed=5)
+    g = -step * torch.rand(1, 200, 2, 16, generator=torch.Generator().manual_seed(6)) * 2
+    b = g[:, :192].reshape(1, 3, 64, 2, 16).cumsum(2)  # the first three 64-token chunks
+    span = (b - b[:, :, 31:32]).abs().max().item()
+    assert (span <= FLOAT32_SPAN) == (step < 1)
+    q, k, v, g, h0 = (x.clone().requires_grad_() for x in (q, k, v, g, h0))
+    o, s = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    ro, rs = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert rel_err(o, ro) < TOL and rel_err(s, rs) < TOL
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad((o * do).sum() + s.sum(), [q, k, v, g, h0])
+    rgrads = torch.autograd.grad((ro * do.double()).sum() + rs.sum(), [q, k, v, g, h0])
+    for name, a, b in zip("q k v g h0".split(), grads, rgrads):
+        assert rel_err(a, b) < TOL, name
+
+
 def test_final_state_only_when_asked_and_default_scale():
     q, k, v, g, _ = make_inputs(1, 10, 2, 2, 8, 8)
     o, s = chunk_gla(q, k, v, g)

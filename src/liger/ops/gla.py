@@ -28,6 +28,7 @@ Tensor = torch.Tensor
 
 GATE_FLOOR = 21  # per-step log decay floor inside a chunk (see chunk_gla)
 MAX_SPAN = 700  # largest |exponent| kept inside a chunk; float64 overflows at 709
+FLOAT32_SPAN = 40.0  # largest |b - r| for the float32 intra-chunk matmul (float32 overflows at e^88)
 
 
 def float32_op(fn):
@@ -120,11 +121,14 @@ def chunk_gla(
     - Between chunks (exact, float32): each chunk's contribution to the state, k_s exp(b_C - b_s), and the
       state entering each chunk, applied to q_t exp(b_t); b is the within-chunk cumulative log decay, so every
       exponent is <= 0. The states are passed on by a short scan over chunks.
-    - Inside a chunk (one [C, C] matmul in float64): exp(b_t - b_s) = exp(b_t - r) exp(r - b_s) with r the
-      cumulative decay at the chunk's midpoint, per channel. Gates are floored at -GATE_FLOOR per step here,
-      so |b - r| <= C/2 * GATE_FLOOR = 672 fits float64's range (e^709) and nothing overflows for any g <= 0.
-      The floor changes only pairs of tokens separated by a step with g < -21, whose true weight is below
-      e^-21 = 8e-10; the result is exact to that.
+    - Inside a chunk (one [G * C, C] matmul per chunk and key head, the G query heads stacked as rows):
+      exp(b_t - b_s) = exp(b_t - r) exp(r - b_s) with r the cumulative decay at the chunk's midpoint, per
+      channel. Gates are floored at -GATE_FLOOR per step here, so |b - r| <= C/2 * GATE_FLOOR = 672 fits
+      float64's range (e^709) and nothing overflows for any g <= 0. The floor changes only pairs of tokens
+      separated by a step with g < -21, whose true weight is below e^-21 = 8e-10; the result is exact to that.
+      The matmul runs in float32 when every |b - r| <= FLOAT32_SPAN (40: factors up to e^40, products up to
+      e^80 < float32's e^88), as for Liger's gates (logsigmoid(k) / 16, a span of a few units), and in float64
+      otherwise (one reduction decides, per call).
     Nothing is ever multiplied by exp(-cumsum(g)) over a whole sequence, so any T works.
     On CUDA with flash-linear-attention installed, its Triton kernel runs instead (liger.ops.backend).
     """
@@ -139,29 +143,24 @@ def chunk_gla(
     C = min(chunk_size, max(16, 1 << (T - 1).bit_length()))
     out_dtype = v.dtype
     pad = (-T) % C
-    q, k, v, g = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
+    q, k, v, g = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)) if pad else x.float() for x in (q, k, v, g))
     N = (T + pad) // C
 
-    # [B, Hk, N, (G,) C, D]
-    qc = _to(q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5), torch.float64)
-    kc = _to(k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4), torch.float64)
-    vc = _to(v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4), torch.float32)
-    b = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).double().clamp(min=-GATE_FLOOR).cumsum(-2)
+    b = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).double().clamp(min=-GATE_FLOOR).cumsum(-2)  # [B,Hk,N,C,K]
     r = b[..., C // 2 - 1 : C // 2, :]  # [B, Hk, N, 1, K]
+    d = b - r
+    inner = torch.float32 if d.numel() == 0 or d.abs().amax().item() <= FLOAT32_SPAN else torch.float64
+    # q_t exp(b_t - r) * scale, as [B, Hk, N, G * C, K]: the G query heads of a key head are rows of one matmul
+    E = (d.exp() * scale).to(inner).unsqueeze(3)
+    q_r = (q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5).to(inner) * E).reshape(B, Hk, N, G * C, K)
+    # k_s exp(r - b_s): not k / E, whose gradient holds 1 / E^2 (overflows)
+    k_r = k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).to(inner) * (-d).exp().to(inner)
+    vc = _to(v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4), torch.float32)  # [B, Hk, N, C, V]
+
+    # Between chunks: the state entering chunk n, S_n, reaches query t as q_t exp(b_t) S_n
+    # = q_r,t (exp(r) * S_n): in float32 the factor exp(r) <= 1 goes on the [K, V] states, not every query.
     b_last = b[..., -1:, :]
-    E = torch.exp(b - r)  # the only exp over all tokens
-    q_r = qc * E.unsqueeze(3)  # q_t exp(b_t - r)
-    k_r = kc * torch.exp(r - b)  # k_s exp(r - b_s); not kc / E, whose gradient holds 1 / E^2 (overflows)
-
-    # Inside chunks.
-    A = torch.matmul(q_r, k_r.unsqueeze(3).transpose(-1, -2))  # [B, Hk, N, G, C, C]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    A = A.masked_fill(~causal, 0.0).float()  # the masked half may hold inf: filled, never multiplied
-    o = torch.matmul(A, vc.unsqueeze(3))  # [B, Hk, N, G, C, V]
-
-    # Between chunks.
-    q_in = (q_r * r.exp().unsqueeze(3)).float()  # q_t exp(b_t)
-    k_out = (k_r * torch.exp(b_last - r)).float()  # k_s exp(b_C - b_s)
+    k_out = (k_r * torch.exp(b_last - r).to(inner)).float()  # k_s exp(b_C - b_s)
     U = torch.matmul(k_out.transpose(-1, -2), vc)  # [B, Hk, N, K, V]
     chunk_decay = b_last.exp().float().transpose(-1, -2)  # [B, Hk, N, K, 1]
     S = q.new_zeros(B, Hk, K, V) if initial_state is None else initial_state.float()
@@ -170,9 +169,19 @@ def chunk_gla(
         entering.append(S)
         S = chunk_decay[:, :, n] * S + U[:, :, n]
     S_in = torch.stack(entering, 2)  # [B, Hk, N, K, V]
-    o = o + torch.matmul(q_in.reshape(B, Hk, N, G * C, K), S_in).view(B, Hk, N, G, C, V)
+    if inner == torch.float32:
+        o = torch.matmul(q_r, S_in * r.exp().float().transpose(-1, -2))  # [B, Hk, N, G * C, V]
+    else:  # q_r may exceed float32 (and exp(r) underflow it): apply exp(r) in float64 first
+        q_in = (q_r.view(B, Hk, N, G, C, K) * r.exp().unsqueeze(3)).float()
+        o = torch.matmul(q_in.view(B, Hk, N, G * C, K), S_in)
 
-    o = (o * scale).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]
+    # Inside chunks, added in place into o (which autograd does not need).
+    A = torch.matmul(q_r, k_r.transpose(-1, -2)).view(B, Hk, N, G, C, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    A = A.masked_fill_(~causal, 0.0).float()  # the masked half may hold inf: filled, never multiplied
+    o = o.view(-1, G * C, V).baddbmm_(A.view(-1, G * C, C), vc.view(-1, C, V))
+
+    o = o.view(B, Hk, N, G, C, V).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]
     return o.to(out_dtype), (S if output_final_state else None)
 
 

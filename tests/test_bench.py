@@ -13,6 +13,7 @@ from liger.bench.ops import gla_flops, gla_inputs
 from liger.cli import main
 from liger.mixers.cores import GLACore
 from liger.ops import chunk_gla
+from liger.cache import CACHE_KWARG, output_cache
 
 TARGET_KEYS = {"target", "measured", "met", "note"}
 HEADER_KEYS = {"date", "machine", "machine_info", "command"}
@@ -127,10 +128,10 @@ def _decode(model, ids, prefill, fast=True, monkeypatch=None):
         monkeypatch.setattr(GLACore, "decodes_in_place", lambda self, attn, valid, cache: False)
     with torch.no_grad():
         out = model(ids[:, :prefill], use_cache=True) if prefill else None
-        cache = out.past_key_values if out is not None else liger.LigerCache(model)
+        cache = output_cache(out) if out is not None else liger.LigerCache(model)
         logits = [out.logits] if out is not None else []
         for t in range(prefill, ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], **{CACHE_KWARG: cache}, use_cache=True)
             logits.append(out.logits)
     if not fast:
         monkeypatch.undo()
@@ -168,17 +169,17 @@ def test_fast_decode_updates_in_place_and_keeps_the_window_in_order():
     model = liger.linearize(tiny_model("llama"), liger.LigerConfig(window=8))
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        cache = model(ids[:, :20], use_cache=True).past_key_values
+        cache = output_cache(model(ids[:, :20], use_cache=True))
         layer = cache.layers[0]
         ptrs = (layer.state.data_ptr(), *(t.data_ptr() for t in layer.ring))
         nbytes = liger.cache_nbytes(cache)
         for t in range(20, 40):
-            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(ids[:, t : t + 1], **{CACHE_KWARG: cache}, use_cache=True)
         assert (layer.state.data_ptr(), *(t.data_ptr() for t in layer.ring)) == ptrs  # no reallocation
         assert liger.cache_nbytes(cache) == nbytes and cache.get_seq_length() == 40
         assert layer.ring_pos == 20 % 7
         # the window in time order equals what the general path keeps: the last 7 keys (after RoPE) and values
-        ref = model(ids, use_cache=True).past_key_values.layers[0].window
+        ref = output_cache(model(ids, use_cache=True)).layers[0].window
     for a, b in zip(layer.window, ref):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
@@ -195,6 +196,6 @@ def test_decode_after_an_inference_mode_prefill():
     logits = [out.logits]
     with torch.no_grad():
         for t in range(20, 24):
-            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], **{CACHE_KWARG: output_cache(out)}, use_cache=True)
             logits.append(out.logits)
     assert (torch.cat(logits, 1) - full).abs().max().item() <= 1e-4

@@ -6,6 +6,7 @@ from conftest import ARCHS, MORE_ARCHS, tiny_model
 
 import liger
 from liger.cache import LigerLayerCache, cache_footprint
+from liger.cache import CACHE_KWARG, output_cache
 
 ATOL = 1e-4
 
@@ -13,9 +14,9 @@ ATOL = 1e-4
 def incremental_logits(model, ids, mask, prefill):
     """Logits of `ids` computed as one prefill of `prefill` tokens, then one token at a time."""
     out = model(ids[:, :prefill], attention_mask=mask[:, :prefill], use_cache=True)
-    cache, logits = out.past_key_values, [out.logits]
+    cache, logits = output_cache(out), [out.logits]
     for t in range(prefill, ids.shape[1]):
-        out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], **{CACHE_KWARG: cache}, use_cache=True)
         logits.append(out.logits)
     return torch.cat(logits, 1), cache
 
@@ -65,7 +66,7 @@ def test_chunked_prefill_with_state(window):
         out = model(ids[:, :37], use_cache=True)
         parts = [out.logits]
         for a, b in [(37, 38), (38, 77), (77, 100)]:
-            out = model(ids[:, a:b], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, a:b], **{CACHE_KWARG: output_cache(out)}, use_cache=True)
             parts.append(out.logits)
     assert (torch.cat(parts, 1) - full).abs().max().item() <= ATOL
 
@@ -74,8 +75,8 @@ def test_cache_memory_is_constant():
     model = liger.linearize(tiny_model("llama"))
     ids = torch.randint(0, 128, (2, 1000), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        c100 = model(ids[:, :100], use_cache=True).past_key_values
-        c1000 = model(ids, use_cache=True).past_key_values
+        c100 = output_cache(model(ids[:, :100], use_cache=True))
+        c1000 = output_cache(model(ids, use_cache=True))
     sizes = lambda c: [(t.shape, t.dtype) for layer in c.layers for t in [layer.state, *layer.window]]  # noqa: E731
     assert all(isinstance(layer, LigerLayerCache) for layer in c1000.layers)
     assert sizes(c100) == sizes(c1000)
@@ -87,8 +88,8 @@ def test_hybrid_cache_grows_only_in_softmax_layers():
     model = liger.linearize(tiny_model("llama"), liger.LigerConfig(softmax_layers=(0,)))
     ids = torch.randint(0, 128, (1, 300))
     with torch.no_grad():
-        c1 = model(ids[:, :100], use_cache=True).past_key_values
-        c2 = model(ids, use_cache=True).past_key_values
+        c1 = output_cache(model(ids[:, :100], use_cache=True))
+        c2 = output_cache(model(ids, use_cache=True))
     fp = cache_footprint(model)
     assert liger.cache_nbytes(c1) == fp["fixed"] + 100 * fp["per_token"]
     assert liger.cache_nbytes(c2) == fp["fixed"] + 300 * fp["per_token"]
@@ -118,7 +119,7 @@ def test_generate_sampling_and_explicit_cache():
     torch.manual_seed(0)
     a = model.generate(ids, **kw)
     torch.manual_seed(0)
-    b = model.generate(ids, past_key_values=liger.LigerCache(model), **kw)
+    b = model.generate(ids, **{CACHE_KWARG: liger.LigerCache(model)}, **kw)
     assert a.shape == (2, 27) and torch.equal(a, b)
 
 
@@ -140,9 +141,9 @@ def test_lolcats_prefill_decode_and_left_padding(arch, window):
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=pos).logits
         out = model(ids[:, :20], attention_mask=mask[:, :20], position_ids=pos[:, :20], use_cache=True)
-        cache, parts = out.past_key_values, [out.logits]
+        cache, parts = output_cache(out), [out.logits]
         for a, b in [(20, 21), (21, 30)] + [(t, t + 1) for t in range(30, 60)]:
-            out = model(ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b], past_key_values=cache,
+            out = model(ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b], **{CACHE_KWARG: cache},
                         use_cache=True)
             parts.append(out.logits)
         inc = torch.cat(parts, 1)

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 
 import liger
-from liger.cache import LigerLayerCache, cache_footprint
+from liger.cache import CACHE_KWARG, LigerLayerCache, cache_footprint, output_cache
 from liger.data import load_corpus
 from liger.errors import ConfigError
 from liger.layer_scores import (choose_softmax_layers, layer_scores, parse_auto, procrustes_similarity,
@@ -46,8 +46,8 @@ def incremental(model, ids, mask, segments):
     """Logits from a forward per segment [(a, b), ...] with the cache carried along."""
     cache, parts = None, []
     for a, b in segments:
-        out = model(ids[:, a:b], attention_mask=mask[:, :b], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(ids[:, a:b], attention_mask=mask[:, :b], **{CACHE_KWARG: cache}, use_cache=True)
+        cache = output_cache(out)
         parts.append(out.logits)
     return torch.cat(parts, 1), cache
 
@@ -77,8 +77,8 @@ def test_cache_is_constant_and_matches_the_footprint(mixer):
     model = convert("llama", mixer, 8, softmax_layers=())
     ids = torch.randint(0, 128, (2, 300), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        c50 = model(ids[:, :50], use_cache=True).past_key_values
-        c300 = model(ids, use_cache=True).past_key_values
+        c50 = output_cache(model(ids[:, :50], use_cache=True))
+        c300 = output_cache(model(ids, use_cache=True))
     assert all(isinstance(layer, LigerLayerCache) for layer in c300.layers)
     assert liger.cache_nbytes(c50) == liger.cache_nbytes(c300) == 2 * cache_footprint(model)["fixed"]
     c300.batch_repeat_interleave(2)  # tuple states follow batch operations (beam search)
@@ -138,7 +138,7 @@ def test_gsa_slots_and_construction():
     assert model.model.layers[0].self_attn.core.slots == 16  # head_dim 16 < 64: one slot per key channel
     model = convert("llama", "gsa", 0, softmax_layers=(), num_slots=4)
     with torch.no_grad():
-        cache = model(torch.randint(0, 128, (1, 10)), use_cache=True).past_key_values
+        cache = output_cache(model(torch.randint(0, 128, (1, 10)), use_cache=True))
     hk, hv = cache.layers[0].state
     assert hk.shape == (1, 2, 16, 4) and hv.shape == (1, 2, 4, 16) and hk.dtype == torch.float32
     k = torch.randn(2, 5, 2, 16)

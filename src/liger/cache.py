@@ -10,11 +10,24 @@ own slot for a `LigerLayerCache` on first use (`liger_layer`). `LigerCache(model
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+from transformers.generation import GenerationMixin
 
 Tensor = torch.Tensor
 
+
+# transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache` (the old names
+# still work there, with a deprecation warning, until 5.40). liger supports both sides of the rename.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
+    else "past_key_values"
+
+
+def output_cache(out) -> Cache | None:
+    """The cache returned by a model forward, under either name (`out.cache` from transformers 5.24)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
 
 class LigerLayerCache(CacheLayerMixin):
     """State of one linearized layer. `seen` counts the tokens processed (padding included), which is what
@@ -127,7 +140,8 @@ def liger_layer(cache: Cache, layer_idx: int) -> LigerLayerCache:
 
 class LigerCache(Cache):
     """A cache for a linearized model: `LigerLayerCache` for linearized layers, `DynamicLayer` for the layers
-    kept as softmax attention. Pass it as `past_key_values=` to `generate` or `forward`."""
+    kept as softmax attention. Pass it to `generate` or `forward` as `cache=` (transformers >= 5.24) or
+    `past_key_values=` (earlier; `CACHE_KWARG` holds the name)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         from .surgery import linearized_layer_indices

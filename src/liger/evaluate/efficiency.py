@@ -23,14 +23,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..cache import LigerCache, LigerLayerCache, cache_nbytes
+from ..cache import CACHE_KWARG, LigerCache, LigerLayerCache, cache_nbytes, output_cache
 from ..surgery import decoder_layers, linearized_layer_indices
 from .memory import PeakRSS
 
 
 def _step(model: nn.Module, ids: torch.Tensor, cache=None):
-    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    out = model(ids, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
+    return output_cache(out), out.logits[:, -1].argmax(-1, keepdim=True)
 
 
 def synthetic_cache(model: nn.Module, batch: int, length: int, seed: int = 0):

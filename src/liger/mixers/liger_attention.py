@@ -88,14 +88,17 @@ class LigerAttention(nn.Module):
         hidden_states: Tensor,
         position_embeddings: tuple[Tensor, Tensor] | None = None,
         attention_mask: Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         liger_valid: Tensor | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> tuple[Tensor, None]:
+        # transformers >= 5.24 passes the model's cache as `cache`, earlier versions as `past_key_values`.
+        model_cache = cache if cache is not None else past_key_values
         B, T, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
         valid = None if liger_valid is None else liger_valid[:, -T:]
-        cache = liger_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
+        cache = liger_layer(model_cache, self.layer_idx) if model_cache is not None else None
         o = self.core(self, q, k, v, position_embeddings, valid, cache)
         if self.transfer:
             target = self.softmax_attention(q, k, v, position_embeddings)

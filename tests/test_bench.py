@@ -92,6 +92,20 @@ def test_bench_model_quick(tmp_path):
         assert (out / png).stat().st_size > 0
 
 
+def test_bench_profile_splits_the_decode_step_by_module(tmp_path):
+    out = tmp_path / "profile"
+    assert main(["bench", "profile", "--out", str(out), "--quick", "--tiny-model", "--context", "40",
+                 "--profile-batch-sizes", "1,2", "--steps", "2"]) == 0
+    payload, md = _read(out)
+    assert {(r["model"], r["batch"]) for r in payload["rows"]} == {
+        (m, B) for m in ("original", "linearized") for B in (1, 2)}
+    for r in payload["rows"]:
+        parts = r["parts"]
+        assert all(parts[k] > 0 for k in ("attention", "mlp", "lm_head"))
+        assert parts["other"] >= 0 and sum(parts.values()) == pytest.approx(r["step_ms"])
+        assert r["ops"] and all(0 < op["share"] <= 1 for op in r["ops"])
+    assert "Top operators" in md
+
 def test_bench_train_quick(tmp_path):
     out = tmp_path / "train"
     assert main(["bench", "train", "--out", str(out), "--quick", "--tiny-model", "--train-lengths", "16,32",

@@ -16,9 +16,12 @@ measured ratio / met) and PNG plots to --out, with the date, the machine and the
          contexts 512..16,384, batch 1 and 8
   train  tokens/s of a LoRA training step (q/k/v, r=8) at 512, 1,024 and 4,096 tokens, bf16 and fp32
   all    the three, into --out/ops, --out/model and --out/train, with a combined results.md
+  profile  where a decode step of each model spends its time (attention / MLP / output layer / other, top
+         operators; torch.profiler) at one context, batch 1 and 8; not part of `all`
 Run on a quiet machine: timings on a shared CPU vary 2x (and a loaded one makes multi-threaded torch
 crawl). Rough durations on 2 CPU cores: ops about 5 min, model 10-15 min (peak memory about 8 GB: the
-original's batch-8 KV cache at 16,384 tokens), train about 10 min; --quick a few minutes in all.
+original's batch-8 KV cache at 16,384 tokens), train about 10 min, profile about 2 min; --quick a few minutes
+in all.
 """
 
 
@@ -30,16 +33,18 @@ def _command() -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import model, ops, train
+    from . import model, ops, profile, train
 
     p = sub.add_parser("bench", help="benchmarks: ops, model, train, all (JSON, markdown, PNG)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     adders = {"ops": [ops.add_arguments], "model": [model.add_arguments], "train": [train.add_arguments]}
     adders["all"] = [a[0] for a in adders.values()]
+    adders["profile"] = [profile.add_arguments]
     helps = {"ops": "chunk_gla vs. token-by-token and softmax attention; GFLOP/s",
              "model": "linearized vs. original: prefill, decode, memory",
-             "train": "LoRA training step tokens/s", "all": "ops, model and train into subfolders of --out"}
+             "train": "LoRA training step tokens/s", "all": "ops, model and train into subfolders of --out",
+             "profile": "where a decode step spends its time, both models"}
     for name, add in adders.items():
         q = kinds.add_parser(name, help=helps[name], description=helps[name])
         q.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced)")
@@ -51,13 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from . import model, ops, train
+    from . import model, ops, profile, train
 
     out = Path(args.out)
     command = _command()
     modules = {"ops": ops, "model": model, "train": train}
     if args.bench != "all":
-        payload = modules[args.bench].run(args, out, command)
+        payload = {**modules, "profile": profile}[args.bench].run(args, out, command)
         print(f"wrote {out}/results.md")
         print(_summary(payload["targets"]))
         return

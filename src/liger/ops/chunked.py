@@ -84,11 +84,13 @@ def scan_chunks(U: Tensor, decay: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
     """S_{n+1} = decay_n * S_n + U_n over the chunks n (a Python loop over chunks, not tokens).
 
     U: [B, H, N, K, V]; decay: [B, H, N, *] broadcastable to U; S: the state entering chunk 0 [B, H, K, V].
-    Returns the states entering each chunk [B, H, N, K, V] and the final state [B, H, K, V]."""
+    Returns the states entering each chunk [B, H, N, K, V] and the final state [B, H, K, V].
+    The chunks are taken with `unbind`, not indexing: the backward of N indexings writes N zero-filled
+    copies of U (O(N^2) memory traffic), that of one unbind stacks the N gradients once."""
     entering = []
-    for n in range(U.shape[2]):
+    for U_n, decay_n in zip(U.unbind(2), decay.unbind(2)):
         entering.append(S)
-        S = decay[:, :, n] * S + U[:, :, n]
+        S = decay_n * S + U_n
     return torch.stack(entering, 2), S
 
 

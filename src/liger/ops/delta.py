@@ -127,10 +127,11 @@ def chunk_gated_delta_rule(
     k_out = (kc * (b_last - b).exp().float().unsqueeze(-1)).transpose(-1, -2)  # k_s exp(b_C - b_s) [.., K, C]
     decay = b_last.exp().float().unsqueeze(-1)  # [B, Hk, N, 1, 1]
     entering, written = [], []
-    for n in range(U0.shape[2]):
+    # (unbind, not indexing: see scan_chunks)
+    for U0_n, W_n, k_n, decay_n in zip(U0.unbind(2), W.unbind(2), k_out.unbind(2), decay.unbind(2)):
         entering.append(S)
-        written.append(U0[:, :, n] - torch.matmul(W[:, :, n], S))
-        S = decay[:, :, n] * S + torch.matmul(k_out[:, :, n], written[-1])
+        written.append(U0_n - torch.matmul(W_n, S))
+        S = decay_n * S + torch.matmul(k_n, written[-1])
     S_in, U = torch.stack(entering, 2), torch.stack(written, 2)  # [B, Hk, N, K, V], [B, Hk, N, C, V]
 
     # Outputs.

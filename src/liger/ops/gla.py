@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import fla_gla, use_fla
+from .chunked import scan_chunks
 
 Tensor = torch.Tensor
 
@@ -146,29 +147,33 @@ def chunk_gla(
     q, k, v, g = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)) if pad else x.float() for x in (q, k, v, g))
     N = (T + pad) // C
 
-    b = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).double().clamp(min=-GATE_FLOOR).cumsum(-2)  # [B,Hk,N,C,K]
+    # b: the within-chunk cumulative log decay [B, Hk, N, C, K], r its value at the chunk's midpoint. In float32
+    # first; when some |b - r| exceeds FLOAT32_SPAN, everything inside the chunks is redone in float64.
+    gc = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).clamp(min=-GATE_FLOOR)
+    inner = torch.float32
+    b = gc.cumsum(-2)
     r = b[..., C // 2 - 1 : C // 2, :]  # [B, Hk, N, 1, K]
     d = b - r
-    inner = torch.float32 if d.numel() == 0 or d.abs().amax().item() <= FLOAT32_SPAN else torch.float64
+    if d.numel() and d.abs().amax().item() > FLOAT32_SPAN:
+        inner = torch.float64
+        b = gc.double().cumsum(-2)
+        r = b[..., C // 2 - 1 : C // 2, :]
+        d = b - r
     # q_t exp(b_t - r) * scale, as [B, Hk, N, G * C, K]: the G query heads of a key head are rows of one matmul
-    E = (d.exp() * scale).to(inner).unsqueeze(3)
+    E = (d.exp() * scale).unsqueeze(3)
     q_r = (q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5).to(inner) * E).reshape(B, Hk, N, G * C, K)
     # k_s exp(r - b_s): not k / E, whose gradient holds 1 / E^2 (overflows)
-    k_r = k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).to(inner) * (-d).exp().to(inner)
+    k_r = k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).to(inner) * (-d).exp()
     vc = _to(v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4), torch.float32)  # [B, Hk, N, C, V]
 
     # Between chunks: the state entering chunk n, S_n, reaches query t as q_t exp(b_t) S_n
     # = q_r,t (exp(r) * S_n): in float32 the factor exp(r) <= 1 goes on the [K, V] states, not every query.
     b_last = b[..., -1:, :]
-    k_out = (k_r * torch.exp(b_last - r).to(inner)).float()  # k_s exp(b_C - b_s)
+    k_out = (k_r * torch.exp(b_last - r)).float()  # k_s exp(b_C - b_s)
     U = torch.matmul(k_out.transpose(-1, -2), vc)  # [B, Hk, N, K, V]
     chunk_decay = b_last.exp().float().transpose(-1, -2)  # [B, Hk, N, K, 1]
     S = q.new_zeros(B, Hk, K, V) if initial_state is None else initial_state.float()
-    entering = []
-    for n in range(N):
-        entering.append(S)
-        S = chunk_decay[:, :, n] * S + U[:, :, n]
-    S_in = torch.stack(entering, 2)  # [B, Hk, N, K, V]
+    S_in, S = scan_chunks(U, chunk_decay, S)  # [B, Hk, N, K, V]
     if inner == torch.float32:
         o = torch.matmul(q_r, S_in * r.exp().float().transpose(-1, -2))  # [B, Hk, N, G * C, V]
     else:  # q_r may exceed float32 (and exp(r) underflow it): apply exp(r) in float64 first

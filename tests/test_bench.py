@@ -68,6 +68,17 @@ def test_bench_ops_quick(tmp_path):
     assert (out / "ops_time.png").stat().st_size > 0 and (out / "ops_gflops.png").stat().st_size > 0
 
 
+def test_bench_ops_compile_times_the_compiled_op_and_checks_it(tmp_path):
+    out = tmp_path / "ops"
+    assert main(["bench", "ops", "--out", str(out), "--lengths", "40", "--ref-lengths", "40", "--heads", "2",
+                 "--kv-heads", "1", "--head-dim", "8", "--matmul-size", "64", "--op-repeats", "1",
+                 "--compile"]) == 0
+    payload, md = _read(out)
+    (row,) = payload["rows"]
+    assert row["compile_s"] > 0 and row["chunk_gla_compiled_fwd_ms"] > 0 and row["chunk_gla_compiled_fwd_bwd_ms"] > 0
+    assert row["compiled_max_abs_diff"] < 1e-4  # the compiled op computes the same outputs
+    assert "torch.compile(chunk_gla)" in md
+
 def test_bench_model_quick(tmp_path):
     out = tmp_path / "model"
     assert main(["bench", "model", "--out", str(out), "--quick", "--tiny-model", "--contexts", "16,48",

@@ -19,8 +19,12 @@ length (`liger.ops.chunked.chunk_len`), N = ceil(T / C) chunks and G = Hq / Hk q
     total = 2 B Hk N C (G C (K + V) + K V (1 + G))
 
 Element-wise work (exp, cumsum, masks) and the scan over chunk states are not counted. The intra-chunk
-q k^T runs in float64 in the CPU implementation (for range); the reference rate is float32. Softmax attention
-is counted as 2 B Hq T^2 D (causal half of q k^T and p v).
+matmuls run in float32 for these gates (float64 only for gates whose within-chunk decay spans more than
+e^40; see chunk_gla); the reference rate is float32. Softmax attention is counted as 2 B Hq T^2 D (causal
+half of q k^T and p v).
+
+With --compile, `torch.compile(chunk_gla)` (inductor, one compilation per T: the first call, timed apart as
+compile_s) is timed too, forward and forward+backward, to show whether compiling pays off on this machine.
 """
 
 from __future__ import annotations
@@ -90,9 +94,9 @@ def _leaves(*xs: torch.Tensor) -> list[torch.Tensor]:
 
 
 def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, reference: bool,
-                 repeats: int = 3, budget_s: float = 30.0) -> dict:
-    """Times (ms) at one length: chunk_gla and sdpa forward (+ forward+backward), and with `reference` the
-    token-by-token ops too. Returns one row (see `run` for the keys)."""
+                 repeats: int = 3, budget_s: float = 30.0, compiled: bool = False) -> dict:
+    """Times (ms) at one length: chunk_gla and sdpa forward (+ forward+backward), with `reference` the
+    token-by-token ops too, with `compiled` torch.compile(chunk_gla). Returns one row (see `run` for the keys)."""
     q, k, v, g = gla_inputs(B, T, Hk, D, D, seed=T, Hq=Hq)
     warm = 1 if T <= 4096 else 0  # seconds-long calls need no warm-up; short ones do
     row: dict = {"T": T, "B": B, "Hq": Hq, "Hk": Hk, "D": D}
@@ -108,6 +112,23 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
         row["chunk_gla_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, warm, budget_s)
         step = _fwd_bwd(sdpa, _leaves(qa, ka, va), grad.transpose(1, 2).contiguous())
         row["sdpa_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, warm, budget_s)
+    if compiled:
+        import time
+
+        cgla = torch.compile(gla, dynamic=False)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            o = cgla(q, k, v, g)
+            row["compile_s"] = time.perf_counter() - t0
+            row["compiled_max_abs_diff"] = (o - gla(q, k, v, g)).abs().max().item()
+        with torch.no_grad():
+            row["chunk_gla_compiled_fwd_ms"] = 1e3 * timeit(lambda: cgla(q, k, v, g), repeats, 1, budget_s)
+        row["compile_speedup_fwd"] = row["chunk_gla_fwd_ms"] / row["chunk_gla_compiled_fwd_ms"]
+        if backward:
+            step = _fwd_bwd(cgla, _leaves(q, k, v, g), grad)
+            step()  # compiles the backward
+            row["chunk_gla_compiled_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, 1, budget_s)
+            row["compile_speedup_fwd_bwd"] = row["chunk_gla_fwd_bwd_ms"] / row["chunk_gla_compiled_fwd_bwd_ms"]
     if reference:
         fused = lambda q, k, v, g: fused_recurrent_gla(q, k, v, g, scale=1.0)[0]  # noqa: E731
         naive = lambda q, k, v, g: naive_recurrent_gla(q, k, v, g, scale=1.0)[0]  # noqa: E731
@@ -165,6 +186,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="n of the n x n float32 matmul that sets the reference GFLOP/s (default 2048)")
     g.add_argument("--forward-only", action="store_true", help="skip the forward+backward timings")
     g.add_argument("--op-repeats", type=int, default=3, help="timed calls per measurement, median (default 3)")
+    g.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(chunk_gla) (inductor; compiles once per length, ~30 s each)")
 
 
 def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
@@ -183,7 +206,7 @@ def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -
     rows = []
     for T in sorted(set(lengths) | set(refs)):
         row = bench_length(T, args.op_batch, args.heads, args.kv_heads, args.head_dim, not args.forward_only,
-                           T in refs, repeats=args.op_repeats)
+                           T in refs, repeats=args.op_repeats, compiled=getattr(args, "compile", False))
         row["fraction_of_matmul"] = row["chunk_gla_gflops_per_s"] / mm
         rows.append(row)
         _log(f"ops T={T}: chunk_gla {row['chunk_gla_fwd_ms']:.1f} ms, sdpa {row['sdpa_fwd_ms']:.1f} ms")
@@ -213,6 +236,14 @@ def ops_markdown(p: dict) -> str:
           markdown_table(p["rows"], ["T", "chunk_gla_gflop", "chunk_gla_gflops_per_s", "fraction_of_matmul",
                                      "sdpa_gflops_per_s"],
                          ["T", "GFLOP", "chunk_gla GFLOP/s", "fraction of matmul", "sdpa GFLOP/s"]), ""]
+    comp = [r for r in p["rows"] if "chunk_gla_compiled_fwd_ms" in r]
+    if comp:
+        md += ["## torch.compile(chunk_gla) (inductor) vs. eager\n",
+               markdown_table(comp, ["T", "compile_s", "chunk_gla_fwd_ms", "chunk_gla_compiled_fwd_ms",
+                                     "compile_speedup_fwd", "chunk_gla_fwd_bwd_ms", "chunk_gla_compiled_fwd_bwd_ms",
+                                     "compile_speedup_fwd_bwd", "compiled_max_abs_diff"],
+                              ["T", "compile s", "eager fwd", "compiled fwd", "speed-up fwd", "eager fwd+bwd",
+                               "compiled fwd+bwd", "speed-up fwd+bwd", "max abs diff vs. eager"]), ""]
     ref = [r for r in p["rows"] if "reference_fwd_ms" in r]
     if ref:
         md += ["## chunk_gla vs. the token-by-token ops (measured only at these T)\n",

@@ -136,6 +136,88 @@ def test_sequence_parallel_ops_equal_single_process(tmp_path, world, cases):
     _launch(_ops_worker, world, tmp_path, cases)
 
 
+def _more_ops_worker(rank: int, world: int, out: Path, lengths_T: list) -> None:
+    """GSA's value-gated slot pass, the whole of GSA, the gated delta rule and the token halo under LASP-2,
+    with an initial state and the final state, against one process (outputs, states and all gradients)."""
+    from liger.distributed import split_lengths, split_sequence
+    from liger.ops import chunk_gated_delta_rule, chunk_gsa, l2norm
+    from liger.ops.gsa import chunk_value_gated_gla
+    from liger.ops.sequence_parallel import (chunk_gated_delta_rule_sp, chunk_gsa_sp, chunk_value_gated_gla_sp,
+                                             preceding_tokens)
+
+    _init()
+    lsig = torch.nn.functional.logsigmoid
+    for T in lengths_T:
+        gen = torch.Generator().manual_seed(T)
+        B, Hq, Hk, D, M = 2, 4, 2, 8, 4
+        q = torch.randn(B, T, Hq, D, generator=gen)
+        k = torch.randn(B, T, Hk, D, generator=gen)
+        v = torch.randn(B, T, Hk, D, generator=gen)
+        lengths = split_lengths(T, world)
+        cases = {  # name: (single-process op, LASP-2 op, inputs, initial state)
+            "value-gated gla": (chunk_value_gated_gla, chunk_value_gated_gla_sp,
+                                [q, k, v, lsig(torch.randn(B, T, Hk, D, generator=gen) * 3)],
+                                torch.randn(B, Hk, D, D, generator=gen)),
+            "gsa": (chunk_gsa, chunk_gsa_sp,
+                    [q, k, v, torch.rand(B, T, Hk, M, generator=gen), lsig(torch.randn(B, T, Hk, M, generator=gen))],
+                    (torch.randn(B, Hk, D, M, generator=gen), torch.randn(B, Hk, M, D, generator=gen))),
+            "gated delta rule": (chunk_gated_delta_rule, chunk_gated_delta_rule_sp,
+                                 [l2norm(q), l2norm(k), v, lsig(torch.randn(B, T, Hk, generator=gen)),
+                                  2 * torch.rand(B, T, Hk, generator=gen)],  # beta in [0, 2]
+                                 torch.randn(B, Hk, D, D, generator=gen)),
+        }
+        for name, (op, op_sp, inputs, s0) in cases.items():
+            tag = f"{name} T={T} lengths={lengths} rank {rank}"
+            states = list(s0) if isinstance(s0, tuple) else [s0]
+            do = torch.randn(B, T, Hq, D, generator=gen)
+            dS = [torch.randn(x.shape, generator=gen) for x in states]
+
+            def loss(o, S, do, share=1.0):
+                S = list(S) if isinstance(S, tuple) else [S]
+                return (o * do).sum() + sum((a * b).sum() for a, b in zip(S, dS)) * share
+
+            full = [x.clone().requires_grad_() for x in inputs]
+            full_s0 = [x.clone().requires_grad_() for x in states]
+            init = tuple(full_s0) if isinstance(s0, tuple) else full_s0[0]
+            o_ref, S_ref = op(*full, scale=1.0, initial_state=init, output_final_state=True)
+            loss(o_ref, S_ref, do).backward()
+
+            part = [split_sequence(x, lengths, rank).clone().requires_grad_() for x in inputs]
+            part_s0 = [x.clone().requires_grad_() for x in states]
+            init = tuple(part_s0) if isinstance(s0, tuple) else part_s0[0]
+            o, S = op_sp(*part, scale=1.0, initial_state=init, output_final_state=True)
+            loss(o, S, split_sequence(do, lengths, rank), 1.0 / world).backward()
+
+            _close(o, split_sequence(o_ref, lengths, rank), f"output {tag}")
+            for a, ref in zip(S if isinstance(S, tuple) else [S], S_ref if isinstance(S_ref, tuple) else [S_ref]):
+                _close(a, ref, f"final state {tag}")
+            for i, (a, ref) in enumerate(zip(part, full)):
+                _close(a.grad, split_sequence(ref.grad, lengths, rank), f"d input {i} {tag}")
+            for a, ref in zip(part_s0, full_s0):
+                dist.all_reduce(a.grad)  # each rank holds its share of d(initial state)
+                _close(a.grad, ref.grad, f"d initial state {tag}")
+
+        # the n tokens before each slice (zeros before the sequence), and their gradient
+        x = torch.randn(B, T, 5, generator=gen)
+        xl = split_sequence(x, lengths, rank).clone().requires_grad_()
+        n = 3
+        halo = preceding_tokens(xl, n, lengths)
+        start = sum(lengths[:rank])
+        expect = torch.nn.functional.pad(x, (0, 0, n, 0))[:, start : start + n]
+        _close(halo, expect, f"preceding tokens T={T} rank {rank}")
+        w = torch.randn(B, n, 5, generator=torch.Generator().manual_seed(rank))
+        (halo * w).sum().backward()
+        dx = torch.zeros(world, B, T + n, 5)  # what each rank's halo adds to d(x), in padded coordinates
+        dx[rank, :, start : start + n] = w
+        dist.all_reduce(dx)
+        _close(xl.grad, split_sequence(dx.sum(0)[:, n:], lengths, rank), f"d preceding tokens T={T} rank {rank}")
+
+
+@pytest.mark.parametrize("world,lengths_T", [(2, [37, 5]), (3, [40, 4])])  # uneven; slices shorter than the halo
+def test_sequence_parallel_gsa_delta_and_halo_ops_equal_single_process(tmp_path, world, lengths_T):
+    _launch(_more_ops_worker, world, tmp_path, lengths_T)
+
+
 # ---- a linearized layer and a whole tiny model ----------------------------------------------------------
 def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: int) -> None:
     from conftest import tiny_model
@@ -195,7 +277,9 @@ def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: in
     _close(flat, torch.cat([g.reshape(-1) for g in ref_grads]), f"model d parameters {tag}")
 
 
-@pytest.mark.parametrize("arch,mixer,T", [("llama", "gla", 37), ("qwen3", "hgrn2", 24)])
+@pytest.mark.parametrize("arch,mixer,T", [("llama", "gla", 37), ("qwen3", "hgrn2", 24), ("mistral", "gsa", 29),
+                                          ("qwen2", "gated_deltanet", 31), ("llama", "lolcats", 35),
+                                          ("qwen3", "lawcat", 27)])
 def test_sequence_parallel_layer_and_model_equal_single_process(tmp_path, arch, mixer, T):
     _launch(_model_worker, 2, tmp_path, arch, mixer, T)
 

@@ -43,8 +43,8 @@ def gather_sequence(x: Tensor, lengths: list[int], group=None, dim: int = 1) -> 
 
 
 def check_sequence_parallel_model(model: nn.Module) -> None:
-    """Raise ConfigError unless every attention layer of `model` is a linearized layer that LASP-2 supports
-    (the gated mixers gla / hgrn2 / simple_gla / retention, with or without the window branch)."""
+    """Raise ConfigError unless every attention layer of `model` is a linearized layer (any mixer, with or
+    without the window branch: LASP-2 covers them all) and no layer computes attention-transfer targets."""
     from ..mixers import LigerAttention
 
     liger = getattr(getattr(model, "config", None), "liger", None)
@@ -55,9 +55,6 @@ def check_sequence_parallel_model(model: nn.Module) -> None:
     if cfg.softmax_layers or cfg.softmax_every:
         raise ConfigError("sequence parallelism needs every layer linearized: layers kept as softmax attention "
                           "(--softmax-layers / --softmax-every) would need the whole sequence's keys")
-    if cfg.mixer == "lolcats":
-        raise ConfigError("sequence parallelism supports the gated mixers (gla, hgrn2, simple_gla, retention), "
-                          "not lolcats")
     if any(m.transfer for m in layers):
         raise ConfigError("attention transfer (softmax targets) does not run under sequence parallelism")
 

@@ -30,13 +30,6 @@ def gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None, want_s
     return op(q, k, v, g, scale=scale, initial_state=state, output_final_state=want_state)
 
 
-def no_sequence_parallel(mixer: str) -> None:
-    """Raise ConfigError under LASP-2 sequence parallelism, which covers the GLA-based mixers only."""
-    if sequence_parallel.current() is not None:
-        raise ConfigError(f"sequence parallelism supports the gated mixers (gla, hgrn2, simple_gla, retention), "
-                          f"not {mixer}")
-
-
 def _retention_log_decay(heads: int, device) -> Tensor:
     """RetNet's fixed per-head decays gamma_h = 1 - 2^(-5 - h), as natural logs [heads]."""
     return torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(heads, dtype=torch.float32, device=device)))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, l2norm
-from .cores import GLACore, no_sequence_parallel
+from ..ops import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, l2norm, sequence_parallel
+from .cores import GLACore
 
 Tensor = torch.Tensor
 
@@ -44,11 +44,12 @@ class GatedDeltaNetCore(GLACore):
         super().__init__(config, num_heads)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
-        no_sequence_parallel("gated_deltanet")
         c = self.config
         qf, kf, g, beta = delta_construct(q.float(), k.float(), c.gate_normalizer, c.delta_negative_eigen)
         if valid is not None:  # beta = 0, g = 0: padding leaves the state as it is
             m = valid[:, :, None].to(g.dtype)
             g, beta = g * m, beta * m
         op = fused_recurrent_gated_delta_rule if (want_state and q.shape[1] == 1) else chunk_gated_delta_rule
+        if (sp := sequence_parallel.current()) is not None:  # this rank holds a slice (LASP-2)
+            op = sp.chunk_gated_delta_rule
         return op(qf, kf, v, g, beta, scale=1.0, initial_state=state, output_final_state=want_state)

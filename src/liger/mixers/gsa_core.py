@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LigerConfig
-from ..ops import chunk_gsa, fused_recurrent_gsa
-from .cores import GLACore, no_sequence_parallel
+from ..ops import chunk_gsa, fused_recurrent_gsa, sequence_parallel
+from .cores import GLACore
 
 Tensor = torch.Tensor
 
@@ -42,12 +42,13 @@ class GSACore(GLACore):
         self.slots = min(config.num_slots, head_dim)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
-        no_sequence_parallel("gsa")
         qf, kf, s, g = gsa_construct(q.float(), k.float(), self.slots, self.config.gate_normalizer)
         if valid is not None:  # s = 0, g = 0: padding neither writes nor decays the slots
             m = valid[:, :, None, None].to(s.dtype)
             s, g = s * m, g * m
         op = fused_recurrent_gsa if (want_state and q.shape[1] == 1) else chunk_gsa
+        if (sp := sequence_parallel.current()) is not None:  # this rank holds a slice (LASP-2, two passes)
+            op = sp.chunk_gsa
         return op(qf, kf, v, s, g, scale=1.0, initial_state=state, output_final_state=want_state)
 
     def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:

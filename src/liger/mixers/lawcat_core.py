@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..config import LigerConfig
-from ..ops import causal_conv1d
-from .cores import GLACore, construct, gla, no_sequence_parallel
+from ..ops import causal_conv1d, sequence_parallel
+from .cores import GLACore, construct, gla
 
 Tensor = torch.Tensor
 
@@ -47,14 +47,15 @@ class LawcatCore(GLACore):
         self.conv_k = nn.Parameter(identity_conv(num_kv_heads * head_dim))
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
-        no_sequence_parallel("lawcat")
         B, T, Hk, D = v.shape
         S, cq, ck = (None, None, None) if state is None else state
         ones = torch.ones(B, T, 1, 1, device=v.device) if valid is None else valid[:, :, None, None].float()
-        qc, cq = causal_conv1d((q.float() * ones).flatten(2), self.conv_q, initial_state=cq,
-                               output_final_state=want_state)
-        kc, ck = causal_conv1d((k.float() * ones).flatten(2), self.conv_k, initial_state=ck,
-                               output_final_state=want_state)
+        qin, kin = (q.float() * ones).flatten(2), (k.float() * ones).flatten(2)
+        if (sp := sequence_parallel.current()) is not None:  # the previous ranks' last inputs (no cache here)
+            n = CONV_SIZE - 1
+            cq, ck = (sp.preceding(x, n).transpose(1, 2) for x in (qin, kin))
+        qc, cq = causal_conv1d(qin, self.conv_q, initial_state=cq, output_final_state=want_state)
+        kc, ck = causal_conv1d(kin, self.conv_k, initial_state=ck, output_final_state=want_state)
         qf, kf, g = construct("gla", qc.view(q.shape), kc.view(k.shape), self.config.gate_normalizer)
         kf, g = kf * ones, g * ones  # padding neither writes nor decays
         vv = torch.cat([v.float() * ones, ones.expand(B, T, Hk, 1)], -1)  # values and the normaliser's ones

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..cache import LigerLayerCache
 from ..config import LigerConfig
-from ..ops import roll_window, window_attention_parts
+from ..ops import roll_window, sequence_parallel, window_attention_parts
 from .cores import gla
 
 Tensor = torch.Tensor
@@ -70,12 +70,17 @@ class LolcatsCore(nn.Module):
                 cache.store(state.detach(), None, T)
             return o.to(v.dtype)
 
-        past = cache.window if cache is not None else None
-        if past is None:
+        past = lin_past = cache.window if cache is not None else None
+        if (sp := sequence_parallel.current()) is not None:
+            # LASP-2: the W tokens before this rank's slice; the oldest leaves the window at the first query
+            # (on a single process the cached state already holds it), the other W - 1 are the window's past
+            lin_past = sp.halo(kr, v, valid, W + 1, past)
+            past = tuple(x[:, 1:] for x in lin_past)
+        if lin_past is None:
             Xk, Xv = fk, vv
             lead = 0
         else:  # the buffered window tokens come first; their keys enter the linear part as they leave
-            pk, pv, pvalid = past
+            pk, pv, pvalid = lin_past
             pones = pvalid[:, :, None, None].float().expand(*pvalid.shape, Hk, 1)
             Xk = torch.cat([self.feature_map_k(pk) * pones, fk], 1)
             Xv = torch.cat([torch.cat([pv.float() * pones, pones], -1), vv], 1)

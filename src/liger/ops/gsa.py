@@ -130,7 +130,7 @@ def _check_gsa(
     return hk0, hv0
 
 
-def _gsa(slot_pass: Callable, value_pass: Callable, q: Tensor, k: Tensor, v: Tensor, s: Tensor, g: Tensor,
+def gsa_passes(slot_pass: Callable, value_pass: Callable, q: Tensor, k: Tensor, v: Tensor, s: Tensor, g: Tensor,
          scale: float | None, initial_state: GSAState | None, output_final_state: bool
          ) -> tuple[Tensor, GSAState | None]:
     """Both passes of GSA with the given ops (chunked or recurrent)."""
@@ -155,7 +155,7 @@ def chunk_gsa(
     (hk float32 [B, Hk, K, M], hv float32 [B, Hk, M, V]). s: slot write weights, g: slot log decays, both
     [B, T, Hk, M]. Two chunked passes (`chunk_value_gated_gla`, then `chunk_gla`), each stable for any
     g <= 0 and any T; the softmax between them is over slots, per token."""
-    return _gsa(chunk_value_gated_gla, chunk_gla, q, k, v, s, g, scale, initial_state, output_final_state)
+    return gsa_passes(chunk_value_gated_gla, chunk_gla, q, k, v, s, g, scale, initial_state, output_final_state)
 
 
 @float32_op
@@ -170,5 +170,5 @@ def fused_recurrent_gsa(
     output_final_state: bool = False,
 ) -> tuple[Tensor, GSAState | None]:
     """Token-by-token gated slot attention (decode path); same signature and result as `chunk_gsa`."""
-    return _gsa(fused_recurrent_value_gated_gla, fused_recurrent_gla, q, k, v, s, g, scale, initial_state,
+    return gsa_passes(fused_recurrent_value_gated_gla, fused_recurrent_gla, q, k, v, s, g, scale, initial_state,
                 output_final_state)

@@ -1,40 +1,41 @@
-"""LASP-2 sequence parallelism for the gated linear mixers, on plain torch.distributed (gloo or nccl).
+"""LASP-2 sequence parallelism for the linear mixers, on plain torch.distributed (gloo or nccl).
 
 Each rank of a process group holds one contiguous slice of every sequence, rank 0 first: time-first
 [B, T_r, H, D], with slices that may differ in length (`lengths`, known to every rank). B and the head
 sizes are the same on every rank.
 
-GLA (S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t) is linear in its initial state, so
-the state entering rank r's slice is a fixed-size function of the slices before it::
+Every recurrence here has a final state affine in its initial state: on rank r's slice,
+S_out = A_r(S_in) + S_r, with S_r the final state from a zero state and A_r the slice's transition
+(GLA: diag(exp(D_r)) with D_r = sum_t g_t, a decay on the key axis; GSA's slot pass: the same on the value
+axis; the gated delta rule: a full [K, K] matrix prod_t exp(g_t)(I - beta_t k_t^T k_t)). So the state
+entering rank r is a fixed-size function of the slices before it::
 
-    S_in(r) = sum_{j<r} diag(exp(D_{j+1} + ... + D_{r-1})) S_j  +  diag(exp(D_0 + ... + D_{r-1})) S_0
+    S_in(r) = A_{r-1}( ... A_1(A_0(S_0) + S'_0) ... ) + S'_{r-1}      (S'_j: rank j's S_r; S_0: optional)
 
-with S_j rank j's final state from a zero initial state, D_j = sum_t g_t over its slice (float32
-[B, Hk, K]) and S_0 an optional initial state of the whole sequence. `chunk_gla_sp`, on every rank:
+On every rank (`lasp2_states`): run the chunked op on the slice from a zero state; all-gather (S_r, A_r)
+packed in one float32 tensor: ONE collective per recurrence and layer whose size does not depend on the
+sequence length; combine the earlier ranks' pairs into S_in(r); add S_in(r)'s contribution to the outputs.
+For GLA that is o_t += scale * (q_t * exp(b_t)) S_in(r), b_t the cumulative log decay from the slice start
+(`chunk_gla_sp`: one [T_r, K] x [K, V] matmul per head, half the work of a second pass); for the delta rule
+a second pass from S_in(r) with zero values (`chunk_gated_delta_rule_sp`). GSA is two such recurrences with
+a per-token softmax between them (`chunk_gsa_sp`: two all-gathers).
 
-1. runs `chunk_gla` on its slice from a zero state: the local output and the local state S_r;
-2. all-gathers (S_r, D_r) packed in one float32 tensor [B, Hk, K, V + 1]: ONE collective per layer whose
-   size does not depend on the sequence length;
-3. combines the earlier ranks' states into S_in(r) (every exponent above is <= 0: no overflow);
-4. adds that state's contribution to its outputs: o_t += scale * (q_t * exp(b_t)) S_in(r), b_t the
-   cumulative log decay from the slice start to t. This correction (one [T_r, K] x [K, V] matmul per head)
-   is preferred to a second `chunk_gla` pass with S_in(r) as initial state: same result, half the work.
+Token-local context comes as a halo: `preceding_tokens` all-gathers every rank's last n tokens (fixed
+size) and assembles the n before this rank's slice from the earlier ranks (several of them when slices are
+short). The window branch takes its `window - 1` (RoPE'd) keys, values and validity flags this way
+(`window_halo`, passed to the window op as `past`); LAWCAT's short convolution its last inputs.
 
-The sliding-window branch needs, on rank r, the `window - 1` (RoPE'd) keys and values that precede its
-slice: `window_halo` all-gathers every rank's last `window - 1` keys, values and validity flags (fixed size)
-and assembles the halo from the earlier ranks (several of them when slices are shorter than the window); it
-is passed to `window_attention` as `past`.
-
-Both collectives are differentiable (`all_gather_differentiable`: all-gather forward, reduce-scatter
+All collectives are differentiable (`all_gather_differentiable`: all-gather forward, reduce-scatter
 backward), and every rank builds the same autograd graph (rank 0 multiplies the gathered tensors by zero
 weights rather than skipping them), so the backward collectives match across ranks.
 
-Inside a model, `sequence_parallel(lengths, group)` makes the mixers use these ops: `liger.mixers.cores`
-asks `current()` (a module global, so it is also seen by the autograd threads that recompute activations
-under gradient checkpointing: keep the backward inside the `with` block). The caller feeds each rank its
-slice with global position ids (`liger.distributed.sequence_parallel_forward` does all of this).
-Supported: the Liger gated mixers (gla, hgrn2, simple_gla, retention) with or without the window branch, no
-cache. Not supported: layers kept as softmax attention, the lolcats mixer, generation caches.
+Inside a model, `sequence_parallel(lengths, group)` makes the mixers use these ops: they ask `current()` (a
+module global, so it is also seen by the autograd threads that recompute activations under gradient
+checkpointing: keep the backward inside the `with` block). The caller feeds each rank its slice with global
+position ids (`liger.distributed.sequence_parallel_forward` does all of this). Supported: every linear
+mixer (gla, hgrn2, simple_gla, retention, gsa, gated_deltanet, lolcats, lawcat) with or without the window
+branch, no cache. Not supported: layers kept as softmax attention (they would need every key: ring
+attention), generation caches.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from functools import partial
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from .delta import chunk_gated_delta_rule
 from .gla import GATE_FLOOR, chunk_gla, float32_op
+from .gsa import GSAState, chunk_value_gated_gla, gsa_passes
 
 Tensor = torch.Tensor
 
@@ -85,18 +91,50 @@ def all_gather_differentiable(x: Tensor, group=None) -> Tensor:
     return _AllGather.apply(x, group)
 
 
-def _combine(S: Tensor, D: Tensor, upto: int, S0: Tensor | None) -> Tensor:
-    """The state after the slices of ranks 0..upto-1: sum_{j<upto} exp(D_{j+1} + .. + D_{upto-1}) S_j (+ the
-    decayed S0). S [P, B, Hk, K, V], D [P, B, Hk, K] float32. Zero weights (not skipped terms) for j >= upto,
-    so every rank's graph holds the gathered tensors."""
-    P = S.shape[0]
-    before = (torch.arange(P, device=S.device) < upto).to(D.dtype)[:, None, None, None]  # [P, 1, 1, 1]
-    Dm = D * before
-    after_j = Dm.flip(0).cumsum(0).flip(0) - Dm  # D_{j+1} + ... + D_{upto-1}: <= 0
-    S_in = (torch.exp(after_j) * before).unsqueeze(-1).mul(S).sum(0)
-    if S0 is not None:
-        S_in = S_in + torch.exp(Dm.sum(0)).unsqueeze(-1) * S0.float()
-    return S_in
+def lasp2_states(
+    S_local: Tensor,
+    A_local: Tensor,
+    apply: Callable[[Tensor, Tensor], Tensor],
+    initial_state: Tensor | None,
+    output_final_state: bool,
+    group=None,
+) -> tuple[Tensor, Tensor | None]:
+    """The LASP-2 exchange for a recurrence whose final state is affine in its initial state:
+    S_out = A_r(S_in) + S_r on rank r, with S_r its final state from a zero state and A_r its transition.
+
+    S_local float32 [B, H, K, V]; A_local float32 [B, H, ...] (any shape, the same on every rank);
+    apply(A, S) -> A applied to a state S. ONE all-gather of both, packed. Returns S_in (the state entering
+    this rank's slice, float32 [B, H, K, V]) and, if asked, the final state of the whole sequence (on every
+    rank). initial_state: the state before the whole sequence (the same on every rank) or None."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    n = S_local[0, 0].numel()
+    packed = torch.cat([S_local.float().flatten(2), A_local.float().flatten(2)], -1)  # [B, H, n + |A|]
+    gathered = all_gather_differentiable(packed, group)  # [P, B, H, n + |A|]
+    S_all = gathered[..., :n].view(world, *S_local.shape)
+    A_all = gathered[..., n:].view(world, *A_local.shape)
+    S_in = _combine(S_all, A_all, apply, rank, initial_state)
+    final = _combine(S_all, A_all, apply, world, initial_state) if output_final_state else None
+    return S_in, final
+
+
+def _combine(S: Tensor, A: Tensor, apply: Callable, upto: int, S0: Tensor | None) -> Tensor:
+    """The state after the slices of ranks 0..upto-1, from S0 (or zeros): S <- A_j(S) + S_j in rank order.
+    S [P, B, H, K, V], A [P, ...]. Ranks j >= upto enter with weight zero (not skipped), so every rank's
+    graph holds the gathered tensors and runs the backward collective. Transitions are contractions here
+    (decays <= 1; I - beta k^T k with unit k and beta in [0, 2]): no overflow."""
+    state = torch.zeros_like(S[0]) if S0 is None else S0.float()
+    for j in range(S.shape[0]):
+        w = 1.0 if j < upto else 0.0
+        state = state + w * (apply(A[j], state) + S[j] - state)
+    return state
+
+
+def _decay_keys(A: Tensor, S: Tensor) -> Tensor:
+    return A.unsqueeze(-1) * S  # diag(A) S: decay on the key axis (GLA)
+
+
+def _decay_values(A: Tensor, S: Tensor) -> Tensor:
+    return A.unsqueeze(-2) * S  # S diag(A): decay on the value axis (GSA's slot pass)
 
 
 @float32_op
@@ -117,7 +155,6 @@ def chunk_gla_sp(
     whole sequence (the same on every rank), or None. Returns this rank's outputs [B, T_r, Hq, V] (v's dtype)
     and, if asked, the final state of the whole sequence (float32 [B, Hk, K, V], on every rank).
     One all-gather of B * Hk * K * (V + 1) float32 values per call."""
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
     B, T, Hq, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     G = Hq // Hk
@@ -127,14 +164,108 @@ def chunk_gla_sp(
     o, S_local = chunk_gla(q, k, v, g, scale=scale, output_final_state=True)
     # chunk_gla floors the per-step log decay at -GATE_FLOOR (a change below e^-21); do the same here.
     b = g.float().clamp(min=-GATE_FLOOR).cumsum(1)  # [B, T, Hk, K]
-    packed = torch.cat([S_local.float(), b[:, -1, :, :, None]], -1)  # [B, Hk, K, V + 1]
-    gathered = all_gather_differentiable(packed, group)  # [P, B, Hk, K, V + 1]
-    S_all, D_all = gathered[..., :V], gathered[..., V]
-    S_in = _combine(S_all, D_all, rank, initial_state)
+    S_in, final = lasp2_states(S_local, b[:, -1].exp(), _decay_keys, initial_state, output_final_state, group)
     qd = q.float().view(B, T, Hk, G, K) * b.exp().unsqueeze(3)  # q_t exp(b_t)
     o = o.float() + scale * torch.einsum("bthgk,bhkv->bthgv", qd, S_in).reshape(B, T, Hq, V)
-    final = _combine(S_all, D_all, world, initial_state) if output_final_state else None
     return o.to(v.dtype), final
+
+
+@float32_op
+def chunk_value_gated_gla_sp(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    group=None,
+) -> tuple[Tensor, Tensor | None]:
+    """`chunk_value_gated_gla` (decay on the value axis: GSA's slot pass) of a sequence split over the
+    ranks of `group`; shapes as that op, on this rank's slice. One all-gather of B * Hk * (K + 1) * V
+    float32 values. The entering state's contribution is o_t += scale * (q_t S_in) * exp(b_t)."""
+    B, T, Hq, K = q.shape
+    Hk, V = k.shape[2], v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    if T == 0:
+        raise ValueError("every rank needs at least one token of the sequence")
+    o, S_local = chunk_value_gated_gla(q, k, v, g, scale=scale, output_final_state=True)
+    b = g.float().clamp(min=-GATE_FLOOR).cumsum(1)  # [B, T, Hk, V], floored as the op does
+    S_in, final = lasp2_states(S_local, b[:, -1].exp(), _decay_values, initial_state, output_final_state, group)
+    qS = torch.einsum("bthgk,bhkv->bthgv", q.float().view(B, T, Hk, Hq // Hk, K), S_in)
+    o = o.float() + scale * (qS * b.exp().unsqueeze(3)).reshape(B, T, Hq, V)
+    return o.to(v.dtype), final
+
+
+@float32_op
+def chunk_gsa_sp(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    s: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: GSAState | None = None,
+    output_final_state: bool = False,
+    group=None,
+) -> tuple[Tensor, GSAState | None]:
+    """`chunk_gsa` of a sequence split over the ranks of `group`: both of its passes are gated linear
+    recurrences (the softmax between them is per token), so each runs LASP-2: two all-gathers."""
+    return gsa_passes(partial(chunk_value_gated_gla_sp, group=group), partial(chunk_gla_sp, group=group),
+                      q, k, v, s, g, scale, initial_state, output_final_state)
+
+
+@float32_op
+def chunk_gated_delta_rule_sp(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    group=None,
+) -> tuple[Tensor, Tensor | None]:
+    """`chunk_gated_delta_rule` of a sequence split over the ranks of `group` (shapes as that op, on this
+    rank's slice; keys already unit vectors).
+
+    The delta rule's transition A_r = prod_t exp(g_t) (I - beta_t k_t^T k_t) is a full [K, K] matrix, not a
+    decay: each rank computes it as the final state of its slice from the identity with zero values, the
+    all-gather carries (S_r, A_r) (B * Hk * K * (V + K) float32 values), and the entering state's
+    contribution to the outputs is a second pass from S_in with zero values (the rule is linear in the state
+    and the values jointly). Three passes of the chunked op per call."""
+    B, T, Hq, K = q.shape
+    Hk = k.shape[2]
+    if T == 0:
+        raise ValueError("every rank needs at least one token of the sequence")
+    o, S_local = chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, output_final_state=True)
+    eye = torch.eye(K, device=q.device).expand(B, Hk, K, K)
+    zeros_k = torch.zeros(B, T, Hk, K, device=q.device)
+    _, A_local = chunk_gated_delta_rule(q, k, zeros_k, g, beta, scale=scale, initial_state=eye,
+                                       output_final_state=True)
+    S_in, final = lasp2_states(S_local, A_local, torch.matmul, initial_state, output_final_state, group)
+    o_in, _ = chunk_gated_delta_rule(q, k, torch.zeros_like(v, dtype=torch.float32), g, beta, scale=scale,
+                                     initial_state=S_in)
+    return (o.float() + o_in.float()).to(v.dtype), final
+
+
+def preceding_tokens(x: Tensor, n: int, lengths: Sequence[int], group=None) -> Tensor:
+    """The `n` tokens of the whole sequence just before this rank's slice: float32 [B, n, F] from this
+    rank's x [B, T_r, F] (zeros where the sequence has fewer than n tokens before the slice; from several
+    earlier ranks when their slices are short). One all-gather of B * n * F values; differentiable."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    B, T, F = x.shape
+    mine = x.float()[:, -n:]  # this rank's last min(T, n) tokens
+    mine = torch.nn.functional.pad(mine, (0, 0, n - mine.shape[1], 0))  # left-padded to n
+    gathered = all_gather_differentiable(mine, group)  # [P, B, n, F]
+    flat = gathered.permute(1, 0, 2, 3).reshape(B, world * n, F)
+    # Positions (in `flat`) of the real tokens of ranks 0..rank-1, in sequence order; keep the last n.
+    idx = [j * n + i for j in range(rank) for i in range(n - min(lengths[j], n), n)][-n:]
+    idx = [-1] * (n - len(idx)) + idx
+    index = torch.tensor(idx, device=x.device)
+    out = flat.index_select(1, index.clamp(min=0))  # rank 0: all slots absent, still from `gathered`
+    return out * (index >= 0)[None, :, None].to(out.dtype)
 
 
 def window_halo(
@@ -155,23 +286,13 @@ def window_halo(
     L = window - 1
     if L <= 0:
         return None
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
     B, T, Hk, Dk = k.shape
     Dv = v.shape[-1]
     valid = torch.ones(B, T, dtype=torch.bool, device=k.device) if key_valid is None else key_valid.bool()
     flag = valid.float()[:, :, None, None].expand(B, T, Hk, 1)
-    mine = torch.cat([k.float(), v.float(), flag], -1)[:, -L:]  # this rank's last min(T, L) tokens
-    mine = torch.nn.functional.pad(mine, (0, 0, 0, 0, L - mine.shape[1], 0))  # left-padded to L
-    gathered = all_gather_differentiable(mine, group)  # [P, B, L, Hk, Dk + Dv + 1]
-    flat = gathered.permute(1, 0, 2, 3, 4).reshape(B, world * L, Hk, Dk + Dv + 1)
-    # Positions (in `flat`) of the real tokens of ranks 0..rank-1, in sequence order; keep the last L.
-    idx = [j * L + i for j in range(rank) for i in range(L - min(lengths[j], L), L)][-L:]
-    idx = [-1] * (L - len(idx)) + idx
-    index = torch.tensor(idx, device=k.device)
-    halo = flat.index_select(1, index.clamp(min=0))  # rank 0: all slots invalid, still from `gathered`
-    present = (index >= 0)[None, :]
-    halo_valid = (halo[:, :, 0, -1] > 0.5) & present
-    halo = halo * present[:, :, None, None].to(halo.dtype)
+    mine = torch.cat([k.float(), v.float(), flag], -1).flatten(2)  # [B, T, Hk * (Dk + Dv + 1)]
+    halo = preceding_tokens(mine, L, lengths, group).view(B, L, Hk, Dk + Dv + 1)
+    halo_valid = halo[:, :, 0, -1] > 0.5  # absent slots are zeros: invalid
     return halo[..., :Dk], halo[..., Dk : Dk + Dv], halo_valid
 
 
@@ -200,21 +321,37 @@ class SequenceParallel:
                 f"{self.lengths[self.rank]} (lengths {list(self.lengths)}); feed each rank its own slice"
             )
 
-    def chunk_gla(self, q, k, v, g, scale=None, initial_state=None, output_final_state=False):
-        """The mixers' GLA call under sequence parallelism (no generation cache)."""
-        if output_final_state or initial_state is not None:
+    def _no_cache(self, T: int, *cached) -> None:
+        if any(c is not None for c in cached):
             raise ConfigError("sequence parallelism runs without a generation cache: call the model with "
                               "use_cache=False")
-        self._check_length(q.shape[1])
+        self._check_length(T)
+
+    def chunk_gla(self, q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+        """The mixers' GLA call under sequence parallelism (no generation cache)."""
+        self._no_cache(q.shape[1], initial_state, output_final_state or None)
         return chunk_gla_sp(q, k, v, g, scale=scale, group=self.group)
+
+    def chunk_gsa(self, q, k, v, s, g, scale=None, initial_state=None, output_final_state=False):
+        """The `gsa` mixer's call under sequence parallelism (no generation cache)."""
+        self._no_cache(q.shape[1], initial_state, output_final_state or None)
+        return chunk_gsa_sp(q, k, v, s, g, scale=scale, group=self.group)
+
+    def chunk_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+        """The `gated_deltanet` mixer's call under sequence parallelism (no generation cache)."""
+        self._no_cache(q.shape[1], initial_state, output_final_state or None)
+        return chunk_gated_delta_rule_sp(q, k, v, g, beta, scale=scale, group=self.group)
 
     def halo(self, k, v, key_valid, window, past=None):
         """`past` for the window branch: the `window - 1` keys/values before this rank's slice."""
-        if past is not None:
-            raise ConfigError("sequence parallelism runs without a generation cache: call the model with "
-                              "use_cache=False")
-        self._check_length(k.shape[1])
+        self._no_cache(k.shape[1], past)
         return window_halo(k, v, key_valid, window, self.lengths, self.group)
+
+    def preceding(self, x: Tensor, n: int) -> Tensor:
+        """The n tokens before this rank's slice of x [B, T_r, F] (float32 [B, n, F]; see `preceding_tokens`),
+        e.g. a short convolution's inputs from the previous rank."""
+        self._check_length(x.shape[1])
+        return preceding_tokens(x, n, self.lengths, self.group)
 
 
 _ACTIVE: list[SequenceParallel] = []

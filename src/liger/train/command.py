@@ -48,8 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="token budget of the lolcats attention-transfer stage (default: same as --max-tokens)")
     p.add_argument("--distill", default="none", choices=["none", "kl"], help="add KL(teacher || student)")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
-                   help="bf16 autocast (default; faster on CPU, see docs/PERFORMANCE.md) or fp32")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="bf16 autocast or fp32; auto (default): bf16 on a GPU with bf16 or a CPU with bf16 units "
+                        "(AVX512_BF16, AMX, Arm BF16), fp32 elsewhere (emulated bf16 is 3-4x slower; "
+                        "see docs/PERFORMANCE.md)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     p.add_argument("--checkpoint-every", type=int, default=25, help="optimizer steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models import load_model
 from ..arch import ARCHITECTURES
 from ..surgery import linearize, model_type
-from .loop import Trainer, TrainConfig, read_checkpoint_state
+from .loop import Trainer, TrainConfig, read_checkpoint_state, resolve_precision
 from .recipes import build_stages, count_parameters, trainable_parameters
 
 
@@ -168,6 +168,10 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     par.barrier("preparing the work folder")
 
     torch.manual_seed(opts.train.seed)
+    precision = resolve_precision(opts.train.precision, par.device.type)
+    if precision != opts.train.precision:
+        _log(f"precision {opts.train.precision}: {precision} on this {par.device.type}", opts)
+        opts = dataclasses.replace(opts, train=dataclasses.replace(opts.train, precision=precision))
     _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
     with par.main_first("loading the model"):  # downloads and conversions happen once
         model, tok = load_model(opts.model, dtype=torch.float32)

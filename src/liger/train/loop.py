@@ -16,6 +16,7 @@ a replica read the same rows and each returns its share of the loss (`SequencePa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,31 @@ from ..errors import CheckpointError, ConfigError
 Tensor = torch.Tensor
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512_BF16 / AMX-BF16; Arm's BF16 ("Features")
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); empty where unreadable."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith(("flags", "Features")) and ":" in line
+            for f in line.split(":", 1)[1].split()}
+
+
+def resolve_precision(precision: str, device_type: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """"bf16" or "fp32" for `precision` ("auto" picks bf16 where it speeds training up: a CUDA GPU with bf16,
+    or a CPU with bf16 matrix units; elsewhere bf16 is emulated and measured 3-4x slower than fp32, see
+    docs/PERFORMANCE.md)."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device_type == "cpu" and cpu_flags(cpuinfo) & BF16_CPU_FLAGS else "fp32"
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings of one training stage."""
@@ -52,15 +78,15 @@ class TrainConfig:
     max_steps: int | None = None
     max_tokens: int | None = None
     max_minutes: float | None = None
-    precision: str = "bf16"  # "bf16" (autocast) or "fp32"
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where it is fast (`resolve_precision`)
     checkpoint_every: int = 25  # optimizer steps; 0 = only at the end of the stage
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -163,6 +189,8 @@ class Trainer:
     ) -> None:
         if not params:
             raise ConfigError(f"stage {stage!r} has no trainable parameters")
+        device = next(iter(params.values())).device.type
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
         self.model, self.params, self.loss_fn, self.cfg = model, params, loss_fn, cfg
         self.work_dir, self.stage, self.fingerprint = Path(work_dir), stage, fingerprint
         self.seq_len = blocks.shape[1]

@@ -137,6 +137,27 @@ def _decay_values(A: Tensor, S: Tensor) -> Tensor:
     return A.unsqueeze(-2) * S  # S diag(A): decay on the value axis (GSA's slot pass)
 
 
+def _gated_sp(op: Callable, on_keys: bool, q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float | None,
+              initial_state: Tensor | None, output_final_state: bool, group) -> tuple[Tensor, Tensor | None]:
+    """LASP-2 for a diagonally gated recurrence `op` (decay on the key axis, or on the value axis)."""
+    B, T, Hq, K = q.shape
+    Hk, V = k.shape[2], v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    if T == 0:
+        raise ValueError("every rank needs at least one token of the sequence")
+    o, S_local = op(q, k, v, g, scale=scale, output_final_state=True)
+    # the ops floor the per-step log decay at -GATE_FLOOR (a change below e^-21); do the same here
+    b = g.float().clamp(min=-GATE_FLOOR).cumsum(1)  # [B, T, Hk, K or V]
+    apply = _decay_keys if on_keys else _decay_values
+    S_in, final = lasp2_states(S_local, b[:, -1].exp(), apply, initial_state, output_final_state, group)
+    qg, decay = q.float().view(B, T, Hk, Hq // Hk, K), b.exp().unsqueeze(3)
+    if on_keys:  # o_t += scale * (q_t * exp(b_t)) S_in
+        corr = torch.einsum("bthgk,bhkv->bthgv", qg * decay, S_in)
+    else:  # o_t += scale * (q_t S_in) * exp(b_t)
+        corr = torch.einsum("bthgk,bhkv->bthgv", qg, S_in) * decay
+    return (o.float() + scale * corr.reshape(B, T, Hq, V)).to(v.dtype), final
+
+
 @float32_op
 def chunk_gla_sp(
     q: Tensor,
@@ -155,19 +176,7 @@ def chunk_gla_sp(
     whole sequence (the same on every rank), or None. Returns this rank's outputs [B, T_r, Hq, V] (v's dtype)
     and, if asked, the final state of the whole sequence (float32 [B, Hk, K, V], on every rank).
     One all-gather of B * Hk * K * (V + 1) float32 values per call."""
-    B, T, Hq, K = q.shape
-    Hk, V = k.shape[2], v.shape[-1]
-    G = Hq // Hk
-    scale = K**-0.5 if scale is None else scale
-    if T == 0:
-        raise ValueError("every rank needs at least one token of the sequence")
-    o, S_local = chunk_gla(q, k, v, g, scale=scale, output_final_state=True)
-    # chunk_gla floors the per-step log decay at -GATE_FLOOR (a change below e^-21); do the same here.
-    b = g.float().clamp(min=-GATE_FLOOR).cumsum(1)  # [B, T, Hk, K]
-    S_in, final = lasp2_states(S_local, b[:, -1].exp(), _decay_keys, initial_state, output_final_state, group)
-    qd = q.float().view(B, T, Hk, G, K) * b.exp().unsqueeze(3)  # q_t exp(b_t)
-    o = o.float() + scale * torch.einsum("bthgk,bhkv->bthgv", qd, S_in).reshape(B, T, Hq, V)
-    return o.to(v.dtype), final
+    return _gated_sp(chunk_gla, True, q, k, v, g, scale, initial_state, output_final_state, group)
 
 
 @float32_op
@@ -182,19 +191,9 @@ def chunk_value_gated_gla_sp(
     group=None,
 ) -> tuple[Tensor, Tensor | None]:
     """`chunk_value_gated_gla` (decay on the value axis: GSA's slot pass) of a sequence split over the
-    ranks of `group`; shapes as that op, on this rank's slice. One all-gather of B * Hk * (K + 1) * V
-    float32 values. The entering state's contribution is o_t += scale * (q_t S_in) * exp(b_t)."""
-    B, T, Hq, K = q.shape
-    Hk, V = k.shape[2], v.shape[-1]
-    scale = K**-0.5 if scale is None else scale
-    if T == 0:
-        raise ValueError("every rank needs at least one token of the sequence")
-    o, S_local = chunk_value_gated_gla(q, k, v, g, scale=scale, output_final_state=True)
-    b = g.float().clamp(min=-GATE_FLOOR).cumsum(1)  # [B, T, Hk, V], floored as the op does
-    S_in, final = lasp2_states(S_local, b[:, -1].exp(), _decay_values, initial_state, output_final_state, group)
-    qS = torch.einsum("bthgk,bhkv->bthgv", q.float().view(B, T, Hk, Hq // Hk, K), S_in)
-    o = o.float() + scale * (qS * b.exp().unsqueeze(3)).reshape(B, T, Hq, V)
-    return o.to(v.dtype), final
+    ranks of `group`; shapes as that op (g [B, T_r, Hk, V]), on this rank's slice. One all-gather of
+    B * Hk * (K + 1) * V float32 values."""
+    return _gated_sp(chunk_value_gated_gla, False, q, k, v, g, scale, initial_state, output_final_state, group)
 
 
 @float32_op

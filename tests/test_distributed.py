@@ -371,10 +371,11 @@ def _fsdp_worker(rank: int, world: int, out: Path, job_args: list) -> None:
 
     real, seen = sharding.shard_frozen, []
 
-    def spy(model, par, keep=()):
-        real(model, par, keep)
+    def spy(model, par, keep=(), from_rank0=False):
+        empty = any(p.is_meta for p in model.parameters())  # built without its weights (ranks > 0)
+        real(model, par, keep, from_rank0)
         w = next(p for n, p in model.named_parameters() if n.endswith("layers.0.mlp.up_proj.weight"))
-        seen.append([isinstance(w, DTensor), w.to_local().numel(), w.numel()])
+        seen.append([empty, isinstance(w, DTensor), w.to_local().numel(), w.numel()])
         return model
 
     sharding.shard_frozen = spy
@@ -392,9 +393,9 @@ def test_fsdp_job_equals_the_single_process_job(tmp_path, tiny_job, recipe):
     job = [*tiny_job, *recipe]
     assert main([*job, "--batch-size", "2", "--out", str(tmp_path / "single")]) == 0  # the same global batch
     _launch(_fsdp_worker, 2, tmp_path, job, timeout=240)
-    for rank in (0, 1):  # model (and teacher): each rank holds half of every decoder weight
-        seen = json.loads((tmp_path / f"sharded-{rank}.json").read_text())
-        assert seen == [[True, 2304, 4608]] * (2 if "--distill" in recipe else 1), seen
+    for rank in (0, 1):  # model (and teacher): each rank holds half of every decoder weight; only rank 0 read
+        seen = json.loads((tmp_path / f"sharded-{rank}.json").read_text())  # the weights, rank 1 got its shards
+        assert seen == [[rank == 1, True, 2304, 4608]] * (2 if "--distill" in recipe else 1), seen
     a = json.loads((tmp_path / "single" / "report.json").read_text())
     b = json.loads((tmp_path / "fsdp" / "report.json").read_text())
     assert a["tokens_trained"] == b["tokens_trained"]

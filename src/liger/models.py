@@ -17,8 +17,12 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and Path(spec).parent.exists()
 
 
-def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger: bool = False):
-    """(model, tokenizer) from a liger checkpoint, a model folder, a hub id or "bundled"."""
+def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger: bool = False, empty: bool = False):
+    """(model, tokenizer) from a liger checkpoint, a model folder, a hub id or "bundled".
+
+    empty: build the architecture without reading the weights: parameters on the meta device (buffers such
+    as RoPE frequencies real, tied weights tied), for the ranks of a sharded run that receive their shards
+    from rank 0 (`liger.distributed.sharding.shard_frozen`). Liger checkpoints always load whole."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
@@ -29,7 +33,15 @@ def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger:
         model = from_pretrained(local, dtype=dtype)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+            if empty:
+                from accelerate import init_empty_weights
+                from transformers import AutoConfig
+
+                with init_empty_weights(include_buffers=False):
+                    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+                model.tie_weights()  # init_empty_weights registers tied parameters separately
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
         except LigerError:
             raise
         except Exception as e:

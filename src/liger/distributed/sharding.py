@@ -31,19 +31,35 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_frozen(model: nn.Module, par: ParallelContext, keep: Iterable[nn.Parameter] = ()) -> nn.Module:
+def shard_frozen(model: nn.Module, par: ParallelContext, keep: Iterable[nn.Parameter] = (),
+                 from_rank0: bool = False) -> nn.Module:
     """Shard `model`'s parameters over all `par.world` ranks (FSDP2, in place), except those in `keep`, which
     stay whole and replicated. The shards go to `par.device`; so do the kept parameters and every buffer.
-    Returns `model` (its class becomes FSDP's subclass of it; its API is unchanged)."""
+    Returns `model` (its class becomes FSDP's subclass of it; its API is unchanged).
+
+    from_rank0: only rank 0 holds the weights; the other ranks built the model with its parameters on the
+    meta device (`liger.models.load_model(..., empty=True)`), so a node holds one copy of the model, not
+    one per process. Rank 0 broadcasts the weights tensor by tensor and each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     keep = set(keep)
+    full = model.state_dict() if from_rank0 and par.is_main else {}  # references, not copies
     with par.guard("sharding the model (FSDP)"):
         mesh = init_device_mesh(par.device.type, (par.world,))
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=mesh, ignored_params=keep & set(layer.parameters()) or None)
         fully_shard(model, mesh=mesh, ignored_params=keep or None)
+        if from_rank0:
+            if any(p.is_meta for p in model.parameters()):  # allocate the shards (buffers are real: keep them)
+                buffers = {n: b.clone() for n, b in model.named_buffers()}
+                model.to_empty(device=par.device)
+                with torch.no_grad():
+                    for n, b in model.named_buffers():
+                        b.copy_(buffers[n])
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
     place_replicated(model, par.device)
     return model
 

@@ -174,11 +174,11 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
         opts = dataclasses.replace(opts, train=dataclasses.replace(opts.train, precision=precision))
     _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
     with par.main_first("loading the model"):  # downloads and conversions happen once
-        model, tok = load_model(opts.model, dtype=torch.float32)
+        model, tok = load_model(opts.model, dtype=torch.float32, empty=opts.fsdp and not par.is_main)
     place(model, opts, par)
     teacher = None
     if opts.distill_weight > 0:
-        teacher, _ = load_model(opts.model, dtype=torch.float32)
+        teacher, _ = load_model(opts.model, dtype=torch.float32, empty=opts.fsdp and not par.is_main)
         for p in teacher.parameters():
             p.requires_grad_(False)
         place(teacher, opts, par)
@@ -327,7 +327,7 @@ def place(model, opts: JobOptions, par: ParallelContext) -> None:
     if opts.fsdp:
         from ..distributed.sharding import shard_frozen
 
-        shard_frozen(model, par)
+        shard_frozen(model, par, from_rank0=True)  # the other ranks loaded it empty
     else:
         model.to(par.device)
 

@@ -219,22 +219,24 @@ def test_sequence_parallel_gsa_delta_and_halo_ops_equal_single_process(tmp_path,
 
 
 # ---- a linearized layer and a whole tiny model ----------------------------------------------------------
-def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: int) -> None:
+def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: int, softmax: tuple = ()) -> None:
     from conftest import tiny_model
 
     import liger
     from liger.distributed import (SequenceParallelLoss, gather_sequence, sequence_parallel, split_lengths,
                                    split_sequence, sequence_parallel_forward)
+    from liger.mixers import LigerAttention
     from liger.train.losses import next_token_loss
 
     _init()
     torch.manual_seed(0)
-    model = liger.linearize(tiny_model(arch, layers=2), liger.LigerConfig(mixer=mixer, window=8))
+    model = liger.linearize(tiny_model(arch, layers=2 + bool(softmax)),
+                            liger.LigerConfig(mixer=mixer, window=8, softmax_layers=softmax))
     lengths = split_lengths(T, world)
-    tag = f"{arch} {mixer} T={T} rank {rank}"
+    tag = f"{arch} {mixer} softmax layers {softmax} T={T} rank {rank}"
 
-    # one layer: outputs and gradients of its input and of its projection weights
-    attn = model.model.layers[0].self_attn
+    # one linearized layer: outputs and gradients of its input and of its projection weights
+    attn = next(layer.self_attn for layer in model.model.layers if isinstance(layer.self_attn, LigerAttention))
     x = torch.randn(2, T, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     do = torch.randn(2, T, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
     weights = [p for p in attn.parameters()]
@@ -265,6 +267,13 @@ def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: in
     logits = sequence_parallel_forward(model, ids).logits
     assert logits.shape[1] == lengths[rank]
     _close(logits, split_sequence(ref, lengths, rank), f"model logits {tag}")
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, : T // 3] = 0  # left padding inside rank 0's slice
+    mask[0, : lengths[0] + 1] = 0  # left padding over rank 0's whole slice and into rank 1's
+    ref_padded = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    padded = sequence_parallel_forward(model, ids, attention_mask=mask).logits
+    keep = split_sequence(mask, lengths, rank)[..., None].float()
+    _close(padded * keep, split_sequence(ref_padded, lengths, rank) * keep, f"padded model logits {tag}")
     sp_loss = SequenceParallelLoss(T)
     share, parts = sp_loss(model, ids)
     with sp_loss.context():
@@ -282,6 +291,13 @@ def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: in
                                           ("qwen3", "lawcat", 27)])
 def test_sequence_parallel_layer_and_model_equal_single_process(tmp_path, arch, mixer, T):
     _launch(_model_worker, 2, tmp_path, arch, mixer, T)
+
+
+@pytest.mark.parametrize("arch,softmax,T", [("llama", (1,), 37),
+                                            ("gemma2", (0, 1), 29)])  # sliding window 8, soft-capping
+def test_sequence_parallel_hybrid_equals_single_process(tmp_path, arch, softmax, T):
+    """Layers kept as softmax attention attend over the keys of every rank (gathered), not only their own."""
+    _launch(_model_worker, 2, tmp_path, arch, "gla", T, softmax)
 
 
 # ---- data-parallel training -----------------------------------------------------------------------------
@@ -408,6 +424,33 @@ def test_fsdp_job_equals_the_single_process_job(tmp_path, tiny_job, recipe):
         assert _maxdiff(wa[n], wb[n]) <= TOL, (n, _maxdiff(wa[n], wb[n]))
     w0 = load_file(Path(tiny_job[2]) / "model.safetensors")
     assert any(_maxdiff(wa[n], w0[n]) > 1e-4 for n in wa if "q_proj" in n)  # training changed the weights
+
+
+def _sp_job_worker(rank: int, world: int, out: Path, job_args: list) -> None:
+    from liger.cli import main
+
+    assert main([*job_args, "--sequence-parallel", str(world), "--out", str(out / "sp")]) == 0
+
+
+def test_sequence_parallel_job_of_a_hybrid_equals_the_single_process_job(tmp_path, tiny_job):
+    """`liger linearize --sequence-parallel 2` on a 1:1 hybrid (layer 1 kept as softmax attention): the same
+    perplexities and saved weights as one process training on whole sequences."""
+    from safetensors.torch import load_file
+
+    from liger.cli import main
+
+    job = [*tiny_job, "--softmax-every", "2", "--batch-size", "2"]
+    assert main([*job, "--out", str(tmp_path / "single")]) == 0
+    _launch(_sp_job_worker, 2, tmp_path, job, timeout=240)
+    a = json.loads((tmp_path / "single" / "report.json").read_text())
+    b = json.loads((tmp_path / "sp" / "report.json").read_text())
+    assert a["tokens_trained"] == b["tokens_trained"] and a["liger"]["softmax_every"] == b["liger"]["softmax_every"] == 2
+    for key in ("teacher_ppl", "converted_ppl", "student_ppl"):
+        assert abs(a[key] - b[key]) <= 1e-4 * a[key], (key, a[key], b[key])
+    wa, wb = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "sp" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for n in wa:
+        assert _maxdiff(wa[n], wb[n]) <= TOL, (n, _maxdiff(wa[n], wb[n]))
 
 
 def test_fsdp_needs_several_processes(tiny_job, tmp_path, capsys):

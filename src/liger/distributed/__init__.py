@@ -4,7 +4,7 @@
   timeout on the rendezvous and every collective, failures as `DistributedError`.
 - `split_lengths`, `split_sequence`, `gather_sequence`, `sequence_parallel_forward`,
   `SequenceParallelLoss`: LASP-2 sequence parallelism for linearized models (the ops are in
-  `liger.ops.sequence_parallel`). See docs/SCALING.md.
+  `liger.ops.sequence_parallel`; layers kept as softmax attention in `softmax_layers`). See docs/SCALING.md.
 """
 
 from ..ops.sequence_parallel import all_gather_differentiable, chunk_gla_sp, sequence_parallel, window_halo

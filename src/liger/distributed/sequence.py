@@ -43,20 +43,22 @@ def gather_sequence(x: Tensor, lengths: list[int], group=None, dim: int = 1) -> 
 
 
 def check_sequence_parallel_model(model: nn.Module) -> None:
-    """Raise ConfigError unless every attention layer of `model` is a linearized layer (any mixer, with or
-    without the window branch: LASP-2 covers them all) and no layer computes attention-transfer targets."""
+    """Raise ConfigError unless `model` is a linearized model (any mixer, with or without the window branch:
+    LASP-2 covers them all) with no layer computing attention-transfer targets; route the layers kept as
+    softmax attention, if any, through the sequence-parallel attention (`softmax_layers.enable`)."""
     from ..mixers import LigerAttention
 
     liger = getattr(getattr(model, "config", None), "liger", None)
     layers = [m for m in model.modules() if isinstance(m, LigerAttention)]
     if liger is None or not layers:
         raise ConfigError("sequence parallelism needs a linearized model (liger.linearize)")
-    cfg = LigerConfig.from_dict(liger)
-    if cfg.softmax_layers or cfg.softmax_every:
-        raise ConfigError("sequence parallelism needs every layer linearized: layers kept as softmax attention "
-                          "(--softmax-layers / --softmax-every) would need the whole sequence's keys")
     if any(m.transfer for m in layers):
         raise ConfigError("attention transfer (softmax targets) does not run under sequence parallelism")
+    cfg = LigerConfig.from_dict(liger)
+    if cfg.softmax_layers or cfg.softmax_every:
+        from .softmax_layers import enable
+
+        enable(model)
 
 
 def sequence_parallel_forward(
@@ -78,9 +80,11 @@ def sequence_parallel_forward(
     start = sum(lengths[:rank])
     ids = split_sequence(input_ids, lengths, rank)
     positions = torch.arange(start, start + lengths[rank], device=input_ids.device)[None].expand(B, -1)
+    valid = None
     if attention_mask is not None:
         kwargs["attention_mask"] = split_sequence(attention_mask, lengths, rank)
-    with sequence_parallel(lengths, group):
+        valid = attention_mask.bool()
+    with sequence_parallel(lengths, group, valid):
         return model(input_ids=ids, position_ids=positions, use_cache=False, **kwargs)
 
 

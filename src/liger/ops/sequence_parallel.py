@@ -34,8 +34,9 @@ module global, so it is also seen by the autograd threads that recompute activat
 checkpointing: keep the backward inside the `with` block). The caller feeds each rank its slice with global
 position ids (`liger.distributed.sequence_parallel_forward` does all of this). Supported: every linear
 mixer (gla, hgrn2, simple_gla, retention, gsa, gated_deltanet, lolcats, lawcat) with or without the window
-branch, no cache. Not supported: layers kept as softmax attention (they would need every key: ring
-attention), generation caches.
+branch, no cache. Layers kept as softmax attention gather every key and value instead
+(`liger.distributed.softmax_layers`, which reads `valid`, the whole sequences' padding mask). Not supported:
+generation caches.
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ class SequenceParallel:
     rank: int
     world: int
     lengths: tuple[int, ...]
+    valid: Tensor | None = None  # bool [B, T]: the whole sequences' padding mask (True = a real token), or None
 
     @property
     def start(self) -> int:
@@ -362,12 +364,13 @@ def current() -> SequenceParallel | None:
 
 
 @contextlib.contextmanager
-def sequence_parallel(lengths: Sequence[int], group=None) -> Iterator[SequenceParallel]:
+def sequence_parallel(lengths: Sequence[int], group=None, valid: Tensor | None = None) -> Iterator[SequenceParallel]:
     """Within this block, the linearized mixers treat their inputs as this rank's slice of sequences split
     over `group` (default: the whole world) with `lengths[r]` tokens on rank r (every rank >= 1 token).
 
     The caller gives each rank its slice and global position ids (slice start + arange). Keep the backward
-    inside the block when activations are recomputed (gradient checkpointing)."""
+    inside the block when activations are recomputed (gradient checkpointing). valid: the whole sequences'
+    padding mask (bool [B, sum(lengths)]), needed by layers kept as softmax attention when there is padding."""
     if not dist.is_available() or not dist.is_initialized():
         raise ConfigError("sequence parallelism needs an initialised torch.distributed process group "
                           "(launch with torchrun; see docs/SCALING.md)")
@@ -376,7 +379,9 @@ def sequence_parallel(lengths: Sequence[int], group=None) -> Iterator[SequencePa
     if len(lengths) != world or min(lengths) < 1:
         raise ConfigError(f"sequence-parallel lengths {list(lengths)} must give each of the {world} ranks "
                           "at least one token")
-    _ACTIVE.append(SequenceParallel(group, rank, world, lengths))
+    if valid is not None and valid.shape[-1] != sum(lengths):
+        raise ConfigError(f"the padding mask covers {valid.shape[-1]} tokens, the split {sum(lengths)}")
+    _ACTIVE.append(SequenceParallel(group, rank, world, lengths, None if valid is None else valid.bool()))
     try:
         yield _ACTIVE[-1]
     finally:

@@ -427,21 +427,32 @@ def test_fsdp_job_equals_the_single_process_job(tmp_path, tiny_job, recipe):
 
 
 def _sp_job_worker(rank: int, world: int, out: Path, job_args: list) -> None:
+    import liger.distributed.sharding as sharding
     from liger.cli import main
 
+    real = sharding.shard_frozen
+
+    def spy(*args, **kwargs):  # records that the weights were sharded
+        (out / f"sharded-{rank}").touch()
+        return real(*args, **kwargs)
+
+    sharding.shard_frozen = spy
     assert main([*job_args, "--sequence-parallel", str(world), "--out", str(out / "sp")]) == 0
 
 
-def test_sequence_parallel_job_of_a_hybrid_equals_the_single_process_job(tmp_path, tiny_job):
-    """`liger linearize --sequence-parallel 2` on a 1:1 hybrid (layer 1 kept as softmax attention): the same
-    perplexities and saved weights as one process training on whole sequences."""
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp"]])
+def test_sequence_parallel_job_of_a_hybrid_equals_the_single_process_job(tmp_path, tiny_job, fsdp):
+    """`liger linearize --sequence-parallel 2` on a 1:1 hybrid (layer 1 kept as softmax attention), also with
+    the frozen weights sharded (--fsdp): the same perplexities and saved weights as one process training on
+    whole sequences."""
     from safetensors.torch import load_file
 
     from liger.cli import main
 
     job = [*tiny_job, "--softmax-every", "2", "--batch-size", "2"]
     assert main([*job, "--out", str(tmp_path / "single")]) == 0
-    _launch(_sp_job_worker, 2, tmp_path, job, timeout=240)
+    _launch(_sp_job_worker, 2, tmp_path, [*job, *fsdp], timeout=240)
+    assert (tmp_path / "sharded-1").exists() == bool(fsdp)
     a = json.loads((tmp_path / "single" / "report.json").read_text())
     b = json.loads((tmp_path / "sp" / "report.json").read_text())
     assert a["tokens_trained"] == b["tokens_trained"] and a["liger"]["softmax_every"] == b["liger"]["softmax_every"] == 2

@@ -143,8 +143,6 @@ def _check_fsdp(opts: JobOptions, par: ParallelContext) -> None:
     if not par.distributed:
         raise ConfigError("--fsdp shards the model over several processes; launch with torchrun --nproc-per-node N "
                           "(N >= 2), or drop --fsdp")
-    if opts.sequence_parallel > 1:
-        raise ConfigError("--fsdp and --sequence-parallel cannot be combined yet; use one of them")
     if not opts.merge:
         raise ConfigError("--fsdp saves the merged model only; drop --no-merge")
 

@@ -29,6 +29,7 @@ def output_cache(out) -> Cache | None:
     """The cache returned by a model forward, under either name (`out.cache` from transformers 5.24)."""
     return out["cache"] if "cache" in out else out.get("past_key_values")
 
+
 class LigerLayerCache(CacheLayerMixin):
     """State of one linearized layer. `seen` counts the tokens processed (padding included), which is what
     transformers reads as the sequence length to place new positions and masks."""

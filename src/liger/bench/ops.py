@@ -121,7 +121,6 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
             o = cgla(q, k, v, g)
             row["compile_s"] = time.perf_counter() - t0
             row["compiled_max_abs_diff"] = (o - gla(q, k, v, g)).abs().max().item()
-        with torch.no_grad():
             row["chunk_gla_compiled_fwd_ms"] = 1e3 * timeit(lambda: cgla(q, k, v, g), repeats, 1, budget_s)
         row["compile_speedup_fwd"] = row["chunk_gla_fwd_ms"] / row["chunk_gla_compiled_fwd_ms"]
         if backward:

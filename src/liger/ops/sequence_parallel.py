@@ -332,25 +332,26 @@ class SequenceParallel:
                 f"{self.lengths[self.rank]} (lengths {list(self.lengths)}); feed each rank its own slice"
             )
 
-    def _no_cache(self, T: int, *cached) -> None:
-        if any(c is not None for c in cached):
+    def _no_cache(self, T: int, cached=None, want_state: bool = False) -> None:
+        """Check a T-token call: this rank's slice, no cached state or window passed in, none asked back."""
+        if cached is not None or want_state:
             raise ConfigError("sequence parallelism runs without a generation cache: call the model with "
                               "use_cache=False")
         self._check_length(T)
 
     def chunk_gla(self, q, k, v, g, scale=None, initial_state=None, output_final_state=False):
         """The mixers' GLA call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state or None)
+        self._no_cache(q.shape[1], initial_state, output_final_state)
         return chunk_gla_sp(q, k, v, g, scale=scale, group=self.group)
 
     def chunk_gsa(self, q, k, v, s, g, scale=None, initial_state=None, output_final_state=False):
         """The `gsa` mixer's call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state or None)
+        self._no_cache(q.shape[1], initial_state, output_final_state)
         return chunk_gsa_sp(q, k, v, s, g, scale=scale, group=self.group)
 
     def chunk_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
         """The `gated_deltanet` mixer's call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state or None)
+        self._no_cache(q.shape[1], initial_state, output_final_state)
         return chunk_gated_delta_rule_sp(q, k, v, g, beta, scale=scale, group=self.group)
 
     def halo(self, k, v, key_valid, window, past=None):

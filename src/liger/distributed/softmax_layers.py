@@ -6,8 +6,9 @@ implementation before, e.g. sdpa or eager) and switches the model to it. Outside
 block it calls the base function with the same arguments: nothing changes. Inside one, each rank
 all-gathers the keys and values of the whole sequence (after the host's q/k norms and RoPE at global
 positions; B * T * Hk * 2D values per layer, as ring attention moves in all) and attends its own queries to
-them under the global causal mask, with the host's scaling, sliding window and soft-capping; the backward
-reduce-scatters the key and value gradients. The mask the model built for its slice is ignored: padding
+them with the window op (`liger.ops.window_attention`, the keys before the slice as its `past`): the causal
+mask, the host's scaling, sliding window and soft-capping; the backward reduce-scatters the key and value
+gradients. The mask the model built for its slice is ignored: padding
 comes from the whole sequences' mask (`sequence_parallel(..., valid=)`, which `sequence_parallel_forward`
 sets). The implementation name is not saved with the model.
 """
@@ -18,10 +19,10 @@ import sys
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import sequence_parallel as sp_ops
+from ..ops import window_attention
 
 Tensor = torch.Tensor
 
@@ -60,31 +61,21 @@ def sp_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, a
         return _base_function(module, base)(module, query, key, value, attention_mask, **kwargs)
     from .sequence import gather_sequence
 
-    B, Hq, T, D = query.shape
+    T = query.shape[2]
     sp._check_length(T)
-    keys = gather_sequence(key, list(sp.lengths), sp.group, dim=2)  # [B, Hk, T_all, D]
-    values = gather_sequence(value, list(sp.lengths), sp.group, dim=2)
-    pos_q = sp.start + torch.arange(T, device=query.device)[:, None]
-    pos_k = torch.arange(sp.total, device=query.device)[None, :]
-    allowed = pos_k <= pos_q  # [T, T_all]
-    window = kwargs.get("sliding_window")
-    if window:
-        allowed = allowed & (pos_k > pos_q - window)
-    mask = allowed[None, None]
-    if sp.valid is not None:
-        mask = mask & sp.valid.to(query.device)[:, None, None, :]  # [B, 1, T, T_all]
-    # A query with no key to attend to (padding) attends to all, then outputs zeros: no NaN in either pass.
-    has_key = mask.any(-1, keepdim=True)
-    mask = mask | ~has_key
-    scale = kwargs.get("scaling") or D**-0.5
-    softcap = kwargs.get("softcap")
-    if softcap is None:
-        o = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
-    else:  # soft-capped scores (Gemma 2): explicit
-        G = Hq // keys.shape[1]
-        s = torch.matmul(query.float(), keys.float().repeat_interleave(G, 1).transpose(-1, -2)) * scale
-        s = torch.tanh(s / softcap) * softcap
-        p = torch.softmax(s.masked_fill(~mask, float("-inf")), -1)
-        o = torch.matmul(p, values.float().repeat_interleave(G, 1)).to(query.dtype)
-    o = o * has_key.to(o.dtype)
-    return o.transpose(1, 2).contiguous(), None
+    # Every rank's keys and values, time-first [B, T_all, Hk, D]. This rank's own keys are taken from the
+    # gathered tensors too, so every rank's graph holds them and runs the backward reduce-scatter.
+    keys, values = (gather_sequence(x, list(sp.lengths), sp.group, dim=2).transpose(1, 2) for x in (key, value))
+    valid = sp.valid.to(query.device) if sp.valid is not None else None
+    start, end = sp.start, sp.start + T
+    # The slice's queries over the keys before them: the window op with those keys as its `past` (the host's
+    # sliding window if any, else reaching back to the sequence start); it applies the causal and padding
+    # masks, the host's scaling and soft-capping, and outputs zeros for a query with no key (padding).
+    window = min(kwargs.get("sliding_window") or end, end)
+    first = start - min(start, window - 1)
+    own_valid, past_valid = ((None, torch.ones(keys.shape[0], start - first, dtype=torch.bool, device=keys.device))
+                             if valid is None else (valid[:, start:end], valid[:, first:start]))
+    o = window_attention(query.transpose(1, 2), keys[:, start:end], values[:, start:end], window,
+                         scale=kwargs.get("scaling"), key_valid=own_valid,
+                         past=(keys[:, first:start], values[:, first:start], past_valid), softcap=kwargs.get("softcap"))
+    return o.to(query.dtype), None

@@ -13,7 +13,6 @@ from torch import nn
 
 from ..cache import LigerLayerCache
 from ..config import LigerConfig
-from ..errors import ConfigError
 from ..ops import chunk_gla, fused_recurrent_gla, roll_window, window_attention
 from ..ops.gla import gla_step
 from ..ops.window import window_step

@@ -4,7 +4,7 @@ contexts 512..16,384, batch 1 and 8 (same as `liger bench model`). See liger.ben
     python bench/model_speed.py --out bench-results/model [--contexts 512,...,16384] [--batch-sizes 1,8] [--quick]
 """
 
-from liger.bench.model import main
+from liger.cli.bench import standalone
 
 if __name__ == "__main__":
-    main()
+    standalone("model")

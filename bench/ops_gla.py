@@ -4,7 +4,7 @@ GFLOP/s vs. a float32 matmul (same as `liger bench ops`). See liger.bench.ops an
     python bench/ops_gla.py --out bench-results/ops [--lengths 512,...,32768] [--ref-lengths 512,1024] [--quick]
 """
 
-from liger.bench.ops import main
+from liger.cli.bench import standalone
 
 if __name__ == "__main__":
-    main()
+    standalone("ops")

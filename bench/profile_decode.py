@@ -4,7 +4,7 @@
     python bench/profile_decode.py --out bench-results/profile [--context 8192] [--profile-batch-sizes 1,8]
 """
 
-from liger.bench.profile import main
+from liger.cli.bench import standalone
 
 if __name__ == "__main__":
-    main()
+    standalone("profile")

@@ -36,8 +36,8 @@ def _inputs(T: int):
 
 def _case(T: int, repeats: int, rank: int = 0, world: int = 1) -> dict:
     """Median seconds of one forward+backward on this rank, and the bytes it gave to collectives per call."""
-    from liger.distributed import split_lengths, split_sequence
-    from liger.ops import sequence_parallel as sp
+    from liger.distributed import collectives
+    from liger.distributed.sequence import split_lengths, split_sequence
 
     lengths = split_lengths(T, world)
     q, k, v, g = (split_sequence(x, lengths, rank).clone().requires_grad_() for x in _inputs(T))
@@ -49,20 +49,21 @@ def _case(T: int, repeats: int, rank: int = 0, world: int = 1) -> dict:
             return fn(*args, **kwargs)
         return wrapper
 
-    real = sp._all_gather_single, sp._reduce_scatter_single
-    sp._all_gather_single, sp._reduce_scatter_single = counting(real[0], 1), counting(real[1], 0)
+    real = collectives._all_gather_single, collectives._reduce_scatter_single
+    collectives._all_gather_single, collectives._reduce_scatter_single = counting(real[0], 1), counting(real[1], 0)
     try:
         return _measure(T, repeats, rank, world, lengths, q, k, v, g, sent)
     finally:
-        sp._all_gather_single, sp._reduce_scatter_single = real
+        collectives._all_gather_single, collectives._reduce_scatter_single = real
 
 
 def _measure(T, repeats, rank, world, lengths, q, k, v, g, sent) -> dict:
     import torch.distributed as dist
 
     from liger.bench.common import timeit
+    from liger.distributed import lasp as sp
+    from liger.distributed.collectives import all_gather_differentiable
     from liger.ops import chunk_gla, window_attention
-    from liger.ops import sequence_parallel as sp
 
     def step():
         if world > 1:
@@ -87,7 +88,7 @@ def _measure(T, repeats, rank, world, lengths, q, k, v, g, sent) -> dict:
         comm = torch.zeros(1, KV_HEADS, HEAD_DIM, HEAD_DIM + 1, requires_grad=True)
 
         def collective_only():  # the state all-gather (forward) and reduce-scatter (backward) alone
-            sp.all_gather_differentiable(comm).sum().backward()
+            all_gather_differentiable(comm).sum().backward()
 
         res["state_collective_seconds"] = timeit(collective_only, repeats=20, warmup=2, budget_s=30)
     return res
@@ -141,7 +142,8 @@ def communication_table(world: int = 8, batch: int = 1) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from liger.bench.common import header, markdown_table, write_results
+    from liger.bench.common import markdown_table, write_results
+    from liger.runinfo import header
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])

@@ -4,7 +4,7 @@ and float32 (same as `liger bench train`). See liger.bench.train.
     python bench/train_speed.py --out bench-results/train [--train-lengths 512,1024,4096] [--precisions bf16,fp32]
 """
 
-from liger.bench.train import main
+from liger.cli.bench import standalone
 
 if __name__ == "__main__":
-    main()
+    standalone("train")

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import liger
 from liger.bench.ops import gla_flops, gla_inputs
 from liger.cli import main
-from liger.mixers.cores import GLACore
+from liger.mixers.gla import GLACore
 from liger.ops import chunk_gla
 from liger.cache import CACHE_KWARG, output_cache
 

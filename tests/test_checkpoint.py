@@ -7,7 +7,7 @@ import torch
 from conftest import ARCHS, MORE_ARCHS, tiny_model
 
 import liger
-from liger.checkpoint import atomic_output_dir
+from liger.atomic import atomic_output_dir
 
 
 def test_roundtrip_identical_logits(tmp_path):

@@ -8,7 +8,8 @@ from test_ops_gla import make_inputs
 
 import liger
 from liger.ops import chunk_gla, fused_recurrent_gla, window_attention
-from liger.ops.reference import naive_recurrent_gla, naive_window_attention
+from liger.ops.gla_naive import naive_recurrent_gla
+from liger.ops.window_naive import naive_window_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

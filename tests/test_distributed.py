@@ -67,7 +67,7 @@ def _launch(fn, world: int, tmp_path: Path, *args, timeout: float = 120.0) -> li
 
 
 def _init() -> None:
-    from liger.distributed import init_distributed
+    from liger.distributed.runtime import init_distributed
 
     init_distributed(timeout_s=60)
 
@@ -83,9 +83,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 
 # ---- sequence-parallel ops ------------------------------------------------------------------------------
 def _ops_worker(rank: int, world: int, out: Path, cases: list) -> None:
-    from liger.distributed import split_lengths, split_sequence
+    from liger.distributed.sequence import split_lengths, split_sequence
     from liger.ops import chunk_gla, window_attention
-    from liger.ops.sequence_parallel import chunk_gla_sp, window_halo
+    from liger.distributed.lasp import chunk_gla_sp, window_halo
 
     _init()
     for T, W in cases:
@@ -139,11 +139,11 @@ def test_sequence_parallel_ops_equal_single_process(tmp_path, world, cases):
 def _more_ops_worker(rank: int, world: int, out: Path, lengths_T: list) -> None:
     """GSA's value-gated slot pass, the whole of GSA, the gated delta rule and the token halo under LASP-2,
     with an initial state and the final state, against one process (outputs, states and all gradients)."""
-    from liger.distributed import split_lengths, split_sequence
+    from liger.distributed.sequence import split_lengths, split_sequence
     from liger.ops import chunk_gated_delta_rule, chunk_gsa, l2norm
-    from liger.ops.gsa import chunk_value_gated_gla
-    from liger.ops.sequence_parallel import (chunk_gated_delta_rule_sp, chunk_gsa_sp, chunk_value_gated_gla_sp,
-                                             preceding_tokens)
+    from liger.distributed.collectives import preceding_tokens
+    from liger.distributed.lasp import chunk_gated_delta_rule_sp, chunk_gsa_sp, chunk_value_gated_gla_sp
+    from liger.ops import chunk_value_gated_gla
 
     _init()
     lsig = torch.nn.functional.logsigmoid
@@ -223,8 +223,10 @@ def _model_worker(rank: int, world: int, out: Path, arch: str, mixer: str, T: in
     from conftest import tiny_model
 
     import liger
-    from liger.distributed import (SequenceParallelLoss, gather_sequence, sequence_parallel, split_lengths,
-                                   split_sequence, sequence_parallel_forward)
+    from liger.distributed.collectives import gather_sequence
+    from liger.distributed.context import sequence_parallel
+    from liger.distributed.sequence import (SequenceParallelLoss, sequence_parallel_forward, split_lengths,
+                                            split_sequence)
     from liger.mixers import LigerAttention
     from liger.train.losses import next_token_loss
 
@@ -309,7 +311,8 @@ def _train(work: Path, world: int, rank: int, steps: int, stop_at: int = 0, resu
     from conftest import tiny_model
 
     import liger
-    from liger.distributed import ParallelContext, SequenceParallelLoss
+    from liger.distributed.runtime import ParallelContext
+    from liger.distributed.sequence import SequenceParallelLoss
     from liger.train.loop import Trainer, TrainConfig
     from liger.train.losses import next_token_loss
     from liger.train.recipes import add_lora, trainable_parameters
@@ -382,7 +385,7 @@ def test_data_and_sequence_parallel_steps_equal_single_process_steps_and_resume(
 def _fsdp_worker(rank: int, world: int, out: Path, job_args: list) -> None:
     from torch.distributed.tensor import DTensor
 
-    import liger.distributed.sharding as sharding
+    import liger.train.job as sharding  # the job calls shard_frozen through its own module's name
     from liger.cli import main
 
     real, seen = sharding.shard_frozen, []
@@ -427,7 +430,7 @@ def test_fsdp_job_equals_the_single_process_job(tmp_path, tiny_job, recipe):
 
 
 def _sp_job_worker(rank: int, world: int, out: Path, job_args: list) -> None:
-    import liger.distributed.sharding as sharding
+    import liger.train.job as sharding  # the job calls shard_frozen through its own module's name
     from liger.cli import main
 
     real = sharding.shard_frozen
@@ -492,7 +495,7 @@ def tiny_job(tmp_path_factory):
 
 # ---- failures -------------------------------------------------------------------------------------------
 def _failing_rank_worker(rank: int, world: int, out: Path) -> None:
-    from liger.distributed import DistributedError
+    from liger.distributed.runtime import DistributedError
 
     _init()
     if rank == 1:

@@ -1,12 +1,13 @@
-"""chunk_gla and fused_recurrent_gla against the float64 token-by-token reference."""
+"""chunk_gla and fused_recurrent_gla against the float64 token-by-token reference (liger.ops.gla_naive)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import rel_err
+from op_contract import assert_close
 
 from liger.ops import chunk_gla, fused_recurrent_gla
-from liger.ops.reference import naive_recurrent_gla
+from liger.ops.gla_naive import naive_recurrent_gla
 
 TOL = 5e-3
 
@@ -102,3 +103,22 @@ def test_bad_shapes_raise():
     q, k, v, g, _ = make_inputs(1, 8, 3, 2, 8, 8)
     with pytest.raises(ValueError, match="multiple"):
         chunk_gla(q, k, v, g)
+
+
+def test_chunk_gla_gate_gradient_finite_at_the_floor():
+    """d/dg of chunk_gla stays finite and exact when the gates sum to -20 * 32 over half a chunk (GSA's second
+    pass relies on it)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 100, 1, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 100, 1, 4, generator=gen, dtype=torch.float64)
+    g = torch.full((1, 100, 1, 4), -20.0, dtype=torch.float64)
+    ins = [x.float().requires_grad_() for x in (q, k, v, g)]
+    refs = [x.clone().requires_grad_() for x in (q, k, v, g)]
+    o = chunk_gla(*ins)[0]
+    r = naive_recurrent_gla(*refs)[0]
+    do = torch.randn(o.shape, generator=gen, dtype=torch.float64)
+    ga = torch.autograd.grad((o * do.float()).sum(), ins)
+    gb = torch.autograd.grad((r * do).sum(), refs)
+    for a, b in zip(ga, gb):
+        assert torch.isfinite(a).all()
+        assert_close(a, b, "chunk_gla grad at g=-20")

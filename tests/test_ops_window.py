@@ -5,7 +5,7 @@ import torch
 from conftest import rel_err
 
 from liger.ops import roll_window, window_attention
-from liger.ops.reference import naive_window_attention
+from liger.ops.window_naive import naive_window_attention
 
 
 def make(B, T, Hq, Hk, D, seed=0):

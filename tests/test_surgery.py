@@ -159,7 +159,7 @@ def test_lora_targets_follow_the_table():
 
 
 def test_softmax_layers_flag_accepts_lists_and_ranges():
-    from liger.cli import _layer_list
+    from liger.cli.flags import layer_list as _layer_list
 
     assert _layer_list("0,15") == (0, 15) and _layer_list("0-3,8") == (0, 1, 2, 3, 8) and _layer_list("") == ()
     with pytest.raises(liger.ConfigError, match="ranges"):

@@ -1,4 +1,5 @@
-"""The supported architectures, as data: where each attention module keeps what the mixer reuses.
+"""The supported architectures, as data: where a causal LM keeps its decoder layers, and where each attention
+module keeps what the mixer reuses.
 
 One wrapper serves them all (liger.mixers.LigerAttention). An entry names the attention module's
 projection attributes and its optional per-head q/k norms. Head counts, head_dim, biases and the attention
@@ -8,6 +9,10 @@ scaling are read from the model itself (config and the module's `scaling`), neve
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,30 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 def supported() -> str:
     return ", ".join(sorted(ARCHITECTURES))
+
+
+def model_type(model: nn.Module) -> str:
+    """The model's (text) model_type, the key of ARCHITECTURES."""
+    return getattr(model.config.get_text_config(), "model_type", None) or model.config.model_type
+
+
+def arch_spec(model: nn.Module) -> ArchSpec:
+    """The ARCHITECTURES entry of `model`; UnsupportedModelError for any other architecture."""
+    spec = ARCHITECTURES.get(model_type(model))
+    if spec is None:
+        raise UnsupportedModelError(
+            f"model type {model_type(model)!r} is not supported; liger supports: {supported()}. "
+            "Open an issue with the model's config.json to ask for it."
+        )
+    return spec
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (`model.base_model.layers`)."""
+    layers = getattr(getattr(model, "base_model", model), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(
+            f"cannot find the decoder layers of {type(model).__name__}; liger supports causal LMs of the "
+            f"architectures: {supported()}"
+        )
+    return layers

@@ -16,6 +16,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 from transformers.generation import GenerationMixin
 
+from .arch import decoder_layers
+from .config import config_of
+
 Tensor = torch.Tensor
 
 
@@ -71,6 +74,11 @@ class LigerLayerCache(CacheLayerMixin):
         rvalid[:, p] = valid
         self.ring_pos = (p + 1) % rk.shape[1]
 
+    def writable_in_place(self) -> bool:
+        """Whether a decode step may write the state in place: not an inference tensor outside inference mode."""
+        state = self.state
+        return not (isinstance(state, Tensor) and state.is_inference() and not torch.is_inference_mode_enabled())
+
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:  # pragma: no cover
         pass
 
@@ -79,7 +87,17 @@ class LigerLayerCache(CacheLayerMixin):
 
     def store(self, state: Tensor | tuple[Tensor, ...] | None, window: tuple[Tensor, Tensor, Tensor] | None,
               n_new: int) -> None:
+        """After a forward of `n_new` tokens: the new state and window buffers (in time order)."""
         self.state, self.window = state, window
+        self.advance(n_new)
+
+    def decoded(self, state: Tensor | tuple[Tensor, ...]) -> None:
+        """After a decode step that updated the state (in place or not) and pushed into the ring: one more token."""
+        self.state = state
+        self.advance(1)
+
+    def advance(self, n_new: int) -> None:
+        """Count `n_new` more tokens (a decode step that updated the state and the ring in place)."""
         self.seen += n_new
         self.is_initialized = True
 
@@ -145,11 +163,10 @@ class LigerCache(Cache):
     `past_key_values=` (earlier; `CACHE_KWARG` holds the name)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from .surgery import linearized_layer_indices
-
+        config = config_of(model)
         n = model.config.get_text_config().num_hidden_layers
-        linear = set(linearized_layer_indices(model))
-        super().__init__(layers=[LigerLayerCache() if i in linear else DynamicLayer() for i in range(n)])
+        softmax = set(range(n)) if config is None else config.softmax_layer_set(n)  # layers not linearized
+        super().__init__(layers=[DynamicLayer() if i in softmax else LigerLayerCache() for i in range(n)])
 
 
 def cache_nbytes(cache: Cache) -> int:
@@ -168,25 +185,21 @@ def cache_nbytes(cache: Cache) -> int:
 def cache_footprint(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, int]:
     """Cache bytes of one sequence, from the model's config: `fixed` (recurrent states and window buffers of
     the linearized layers, whatever the context length), `per_token` (KV of the layers kept as softmax) and
-    `original_per_token` (KV of the same model with every layer softmax)."""
-    from .surgery import decoder_layers
+    `original_per_token` (KV of the same model with every layer softmax).
 
+    A linearized layer's attention module reports its own bytes (`fixed_cache_nbytes(dtype)`, from its mixer's
+    state shapes); a softmax layer's are 2 * Hk * D elements per token."""
     cfg = model.config.get_text_config()
     dtype = dtype or next(model.parameters()).dtype
     esize = torch.empty((), dtype=dtype).element_size()
-    fixed = per_token = 0
-    kv_token = 0
+    fixed = per_token = kv_token = 0
     for layer in decoder_layers(model):
         attn = layer.self_attn
         hk = getattr(attn, "num_kv_heads", None) or getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         d = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_token += 2 * hk * d * esize
-        liger = getattr(attn, "liger", None)
-        if liger is None:
-            per_token += 2 * hk * d * esize
+        if hasattr(attn, "fixed_cache_nbytes"):
+            fixed += attn.fixed_cache_nbytes(dtype)
         else:
-            state_nbytes = getattr(attn.core, "state_nbytes", None)  # the core's own recurrent state(s)
-            fixed += state_nbytes(hk, d) if state_nbytes else hk * d * d * 4  # float32 [Hk, K, V]
-            if liger.window > 0:
-                fixed += (liger.window - 1) * (2 * hk * d * esize + 1)  # keys, values, validity flag
+            per_token += 2 * hk * d * esize
     return {"fixed": fixed, "per_token": per_token, "original_per_token": kv_token}

@@ -125,3 +125,10 @@ class LigerConfig:
                 f"unknown liger config keys {sorted(unknown)}; this checkpoint may come from a newer liger version"
             )
         return cls(**d)
+
+
+def config_of(model) -> LigerConfig | None:
+    """The LigerConfig recorded in a model's config (`model.config.liger`, written by `liger.linearize`), or
+    None for a model that is not linearized."""
+    d = getattr(getattr(model, "config", None), "liger", None)
+    return None if d is None else LigerConfig.from_dict(d)

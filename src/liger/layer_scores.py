@@ -23,8 +23,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .arch import ARCHITECTURES, decoder_layers, model_type, supported
 from .config import LigerConfig
+from .data import load_corpus, pack
 from .errors import ConfigError, UnsupportedModelError
+from .mixers import LigerAttention
 
 Tensor = torch.Tensor
 
@@ -80,10 +83,6 @@ def layer_scores(model: nn.Module, batches: Iterable[Tensor], config: LigerConfi
     """Score every decoder layer of `model` (not linearized) on `batches` (LongTensor [b, T] token ids, no
     padding) for the mixer of `config` (its softmax_layers are ignored). Returns one dict per layer, in
     order: {"layer": i, "transfer_mse", "transfer_rel", "linearity"} (floats; module docstring)."""
-    from .arch import ARCHITECTURES, supported
-    from .mixers import LigerAttention
-    from .surgery import decoder_layers, model_type
-
     spec = ARCHITECTURES.get(model_type(model))
     if spec is None:
         raise UnsupportedModelError(f"model type {model_type(model)!r} is not supported; liger supports: {supported()}")
@@ -158,8 +157,6 @@ def choose_softmax_layers(model: nn.Module, batches: Iterable[Tensor], config: L
     """Resolve `auto:n`: score the layers (`layer_scores`), keep the n costliest as softmax (besides the
     config's own softmax layers and softmax_every). Returns the config to linearize with, and the scores,
     each with "softmax": whether that layer stays softmax attention."""
-    from .surgery import decoder_layers
-
     num = len(decoder_layers(model))
     config.check_layers(num)
     kept = config.softmax_layer_set(num)
@@ -170,6 +167,18 @@ def choose_softmax_layers(model: nn.Module, batches: Iterable[Tensor], config: L
         s["softmax"] = s["layer"] in kept or s["layer"] in picked
     chosen = dataclasses.replace(config, softmax_layers=tuple(sorted(set(config.softmax_layers) | set(picked))))
     return chosen, scores
+
+
+def resolve_auto(model: nn.Module, config: LigerConfig, n: int, blocks: Tensor, scores: list[dict] | None = None
+                 ) -> tuple[LigerConfig, list[dict]]:
+    """`--softmax-layers auto:n` (`liger convert` and `liger linearize`): the config to linearize with and the
+    per-layer scores, measured on the first SCORE_BLOCKS of `blocks` ([N, T] token ids) by
+    `choose_softmax_layers`; `scores` saved by an earlier run of the same job (--resume) are reused instead,
+    with the layers they chose."""
+    if scores is None:
+        return choose_softmax_layers(model, batches_of(blocks[:SCORE_BLOCKS]), config, n)
+    kept = tuple(s["layer"] for s in scores if s["softmax"])
+    return dataclasses.replace(config, softmax_layers=kept), scores
 
 
 def parse_auto(text: str) -> int | None:
@@ -195,8 +204,6 @@ def batches_of(blocks: Tensor, batch_size: int = SCORE_BATCH) -> list[Tensor]:
 def builtin_blocks(tokenizer, n: int = SCORE_BLOCKS, seq_len: int = SCORE_SEQ_LEN) -> Tensor:
     """The first n training blocks [n, seq_len] of the built-in corpus (for `liger convert`, which has no
     --data)."""
-    from .data import load_corpus, pack
-
     docs, chars = [], 0
     for doc in load_corpus("builtin").train:  # enough text for n blocks (about 8 characters a token, generously)
         docs.append(doc)

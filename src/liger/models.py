@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .checkpoint import from_pretrained, is_liger_checkpoint
+from .atomic import is_liger_checkpoint
+from .checkpoint import from_pretrained
 from .errors import CheckpointError, LigerError
 from .teacher import BUNDLED, resolve_model_path
 
@@ -23,8 +26,6 @@ def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger:
     empty: build the architecture without reading the weights: parameters on the meta device (buffers such
     as RoPE frequencies real, tied weights tied), for the ranks of a sharded run that receive their shards
     from rank 0 (`liger.distributed.sharding.shard_frozen`). Liger checkpoints always load whole."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = resolve_model_path(spec)
     local = Path(path).expanduser()
     if spec != BUNDLED and not local.exists() and (_looks_local(spec) or require_liger):
@@ -34,9 +35,6 @@ def load_model(spec: str, dtype: torch.dtype | str | None = None, require_liger:
     else:
         try:
             if empty:
-                from accelerate import init_empty_weights
-                from transformers import AutoConfig
-
                 with init_empty_weights(include_buffers=False):
                     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
                 model.tie_weights()  # init_empty_weights registers tied parameters separately

@@ -5,26 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arch import ARCHITECTURES, supported
-from .config import LigerConfig
-from .errors import ConfigError, UnsupportedModelError
+from .arch import arch_spec, decoder_layers
+from .atomic import atomic_output_dir
+from .config import LigerConfig, config_of
+from .errors import ConfigError
 from .mixers import LigerAttention
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM (`model.base_model.layers`)."""
-    layers = getattr(getattr(model, "base_model", model), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedModelError(
-            f"cannot find the decoder layers of {type(model).__name__}; liger supports causal LMs of the "
-            f"architectures: {supported()}"
-        )
-    return layers
-
-
-def model_type(model: nn.Module) -> str:
-    return getattr(model.config.get_text_config(), "model_type", None) or model.config.model_type
-
 
 def linearized_layer_indices(model: nn.Module) -> list[int]:
     return [i for i, layer in enumerate(decoder_layers(model)) if isinstance(layer.self_attn, LigerAttention)]
@@ -47,13 +32,11 @@ class LigerModelMixin:
 
     @property
     def liger_config(self) -> LigerConfig:
-        return LigerConfig.from_dict(self.config.liger)
+        return config_of(self)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Like transformers' save_pretrained (safetensors + config.json with a "liger" entry), but atomic: the
-        folder is written beside the target and swapped in only once complete (see liger.checkpoint)."""
-        from .checkpoint import atomic_output_dir
-
+        folder is written beside the target and swapped in only once complete (see liger.atomic)."""
         with atomic_output_dir(save_directory) as tmp:
             super().save_pretrained(tmp, *args, **kwargs)
 
@@ -75,13 +58,7 @@ def linearize(model: nn.Module, config: LigerConfig | None = None) -> nn.Module:
     place, reusing the pretrained q/k/v/o weights: no new parameters, no copies. Returns the same model,
     whose config now records the linearization under `config.liger` (saved in config.json)."""
     config = config or LigerConfig()
-    mtype = model_type(model)
-    spec = ARCHITECTURES.get(mtype)
-    if spec is None:
-        raise UnsupportedModelError(
-            f"model type {mtype!r} is not supported; liger supports: {supported()}. "
-            "Open an issue with the model's config.json to ask for it."
-        )
+    spec = arch_spec(model)
     if getattr(model.config, "liger", None) is not None:
         raise ConfigError("this model is already linearized (its config has a 'liger' entry)")
     layers = decoder_layers(model)

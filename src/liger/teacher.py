@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .checkpoint import atomic_output_dir
+from .atomic import atomic_output_dir
 from .errors import CheckpointError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,8 +42,6 @@ def teacher_path() -> Path:
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder = _gguf_folder()
     try:
         import gguf  # noqa: F401
@@ -70,8 +69,6 @@ def resolve_model_path(spec: str) -> str:
 
 def load_teacher(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of the bundled SmolLM2-135M-Instruct, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = teacher_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path)

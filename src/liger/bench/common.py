@@ -1,26 +1,25 @@
-"""Timing, machine description, report and plot helpers shared by the benchmarks.
+"""Timing, report and plot helpers shared by the benchmarks.
 
-Every benchmark writes to one folder: `results.json` (the header below, the measured rows, the targets),
-`results.md` (the same as markdown tables) and PNG plots. Files are written to a temporary name and renamed,
-so an interrupted run never leaves a half-written result.
+Every benchmark writes to one folder: `results.json` (the run's header, `liger.runinfo.header`: date,
+machine, command; the measured rows, the targets), `results.md` (the same as markdown tables) and PNG plots.
+Files are written to a temporary name and renamed, so an interrupted run never leaves a half-written result.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import transformers
 
-from ..errors import ConfigError
+from ..plotting import pyplot, save_figure
+from ..surgery import linearize
+from ..teacher import load_teacher
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float = 60.0) -> float:
@@ -39,47 +38,9 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s
     return times[len(times) // 2]
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else platform's description)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    """CPU model, cores, torch version and threads, the device the benchmarks run on."""
-    cuda = torch.cuda.is_available()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "python": platform.python_version(),
-    }
-
-
-def machine() -> str:
-    """One line: CPU, cores or GPU, torch version, threads."""
-    m = machine_info()
-    dev = m["device"] if m["device"] != "cpu" else f"{m['cores']} CPU cores"
-    return f"{m['cpu']}, {dev}, torch {m['torch']}, {m['threads']} threads"
-
-
-def header(command: str | None = None) -> dict:
-    """Date, machine (a line and its parts) and the exact command (default: this process's argv)."""
-    if command is None:
-        command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
-    return {
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "machine_info": machine_info(),
-        "command": command,
-    }
+def log(msg: str) -> None:
+    """A progress line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def header_markdown(head: dict) -> str:
@@ -139,21 +100,12 @@ def write_results(out: str | Path, name: str, payload: dict, markdown: str) -> P
     return out
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def line_plot(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
               xlabel: str, ylabel: str, logx: bool = True, logy: bool = True,
               hline: tuple[float, str] | None = None) -> Path:
     """A PNG of named (x, y) series, markers at the measured points only (no interpolation beyond them);
     `hline` = (y, label) draws a dashed reference line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, (xs, ys) in series.items():
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
@@ -170,13 +122,13 @@ def line_plot(path: str | Path, series: dict[str, tuple[Sequence[float], Sequenc
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_plot(path: str | Path, groups: Sequence[str], bars: dict[str, Sequence[float | None]], title: str,
              ylabel: str) -> Path:
     """A PNG of grouped bars: one group per entry of `groups`, one bar per key of `bars` (None: no bar)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     width = 0.8 / max(1, len(bars))
     for i, (label, ys) in enumerate(bars.items()):
@@ -187,44 +139,12 @@ def bar_plot(path: str | Path, groups: Sequence[str], bars: dict[str, Sequence[f
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def int_list(flag: str, text: str) -> tuple[int, ...]:
-    """"512,1024" -> (512, 1024); every value >= 1, else ConfigError naming the flag."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated whole numbers such as 512,1024; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} needs at least one value, all >= 1; got {text!r}")
-    return values
-
-
-def pick(args: argparse.Namespace, name: str, full, quick):
-    """The value of flag `name`: as given, else the --quick or the full default."""
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    return quick if getattr(args, "quick", False) else full
+    return save_figure(fig, path)
 
 
 def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positions: int = 4096):
     """A tiny randomly initialised Llama (float32, eval mode; GQA 4/2 heads, head_dim 16) for fast test runs
     of the benchmarks (the hidden --tiny-model flag)."""
-    import transformers
-
     cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
                                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                    head_dim=16, max_position_embeddings=max_positions, tie_word_embeddings=False)
@@ -235,12 +155,8 @@ def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positio
 def load_pair(tiny: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """(original, linearized, description): the bundled teacher (float32) and a second copy linearized with
     `liger.linearize`'s default LigerConfig; `tiny`: the same for `tiny_causal_lm`."""
-    from ..surgery import linearize
-
     if tiny:
         return tiny_causal_lm(), linearize(tiny_causal_lm()), "tiny random Llama (2 layers, hidden 64)"
-    from ..teacher import load_teacher
-
     original = load_teacher()[0]
     linearized = linearize(load_teacher()[0])
     return original, linearized, "bundled SmolLM2-135M-Instruct (float32), linearized with the default LigerConfig"

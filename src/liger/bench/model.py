@@ -14,23 +14,27 @@ extrapolates; fine for a speed measurement, not for quality); --skip-beyond-limi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..arch import decoder_layers
 from ..errors import ConfigError
 from ..evaluate.efficiency import measure
-from ..surgery import decoder_layers
-from .common import (bar_plot, header, header_markdown, int_list, line_plot, load_pair, markdown_table,
-                     target_row, targets_markdown, write_results)
+from ..runinfo import header
+from .common import (bar_plot, header_markdown, line_plot, load_pair, log, markdown_table, target_row,
+                     targets_markdown, write_results)
 
 FULL_CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_CONTEXTS = (512, 2048)
+FULL_BATCHES = (1, 8)
+QUICK_BATCHES = (1,)
+FULL_DECODE_TOKENS = 16
+QUICK_DECODE_TOKENS = 8
 
 
 @contextlib.contextmanager
@@ -67,42 +71,41 @@ def non_attention_decode_ms(models: dict[str, nn.Module], batch: int, steps: int
     return {name: 1e3 * sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (prefill / decode / memory)")
-    g.add_argument("--contexts", default=None, metavar="L,L",
-                   help=f"context lengths (default {','.join(map(str, FULL_CONTEXTS))}; --quick "
-                   f"{','.join(map(str, QUICK_CONTEXTS))})")
-    g.add_argument("--batch-sizes", default=None, metavar="B,B", help="batch sizes (default 1,8; --quick 1)")
-    g.add_argument("--decode-tokens", type=int, default=None, help="decode steps per measurement (default 16; "
-                   "--quick 8)")
-    g.add_argument("--max-prefill-tokens", type=int, default=16384, metavar="N",
-                   help="prefill only when batch * context <= N, else decode from a synthetic cache "
-                   "(default 16384: real prefill at batch 1 up to 16,384, at batch 8 up to 2,048)")
-    g.add_argument("--skip-beyond-limit", action="store_true",
-                   help="skip the original model beyond its max_position_embeddings (default: run it, RoPE "
-                   "extrapolating)")
+@dataclass
+class ModelOptions:
+    """What `run` measures (the flags of `liger bench model`); a size left None is the full default, or with
+    `quick` the quick one."""
+
+    contexts: tuple[int, ...] | None = None  # FULL_CONTEXTS / QUICK_CONTEXTS
+    batch_sizes: tuple[int, ...] | None = None  # FULL_BATCHES / QUICK_BATCHES
+    decode_tokens: int | None = None  # FULL_DECODE_TOKENS / QUICK_DECODE_TOKENS
+    max_prefill_tokens: int = 16384  # prefill only when batch * context <= this, else a synthetic cache
+    skip_beyond_limit: bool = False  # skip the original beyond its max_position_embeddings
+    quick: bool = False
+    tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
 
 
-def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
-    """Run the model benchmark with the flags of `add_arguments`; write results.json / .md / PNGs to `out`."""
-    quick = getattr(args, "quick", False)
-    contexts = int_list("--contexts", args.contexts) if args.contexts else (QUICK_CONTEXTS if quick else FULL_CONTEXTS)
-    batches = int_list("--batch-sizes", args.batch_sizes) if args.batch_sizes else ((1,) if quick else (1, 8))
-    decode_tokens = args.decode_tokens if args.decode_tokens is not None else (8 if quick else 16)
+def run(opts: ModelOptions, out: str | Path, command: str | None = None) -> dict:
+    """Run the model benchmark; write results.json / .md / PNGs to `out`."""
+    contexts = opts.contexts or (QUICK_CONTEXTS if opts.quick else FULL_CONTEXTS)
+    batches = opts.batch_sizes or (QUICK_BATCHES if opts.quick else FULL_BATCHES)
+    decode_tokens = opts.decode_tokens
+    if decode_tokens is None:
+        decode_tokens = QUICK_DECODE_TOKENS if opts.quick else FULL_DECODE_TOKENS
     if decode_tokens < 1:
         raise ConfigError("--decode-tokens must be >= 1")
     head = header(command)
-    original, linearized, what = load_pair(getattr(args, "tiny_model", False))
+    original, linearized, what = load_pair(opts.tiny_model)
     limit = original.config.get_text_config().max_position_embeddings
     models = {"original": original, "linearized": linearized}
 
-    def log(row: dict) -> None:
-        _log(f"model {row['model']} L={row['context']} B={row['batch']}: prefill {row['prefill_s'] or 0:.2f} s, "
-             f"decode {row['decode_ms']:.1f} ms/step")
+    def log_row(row: dict) -> None:
+        log(f"model {row['model']} L={row['context']} B={row['batch']}: prefill {row['prefill_s'] or 0:.2f} s, "
+            f"decode {row['decode_ms']:.1f} ms/step")
 
-    rows = measure(models, contexts, batches, decode_tokens, max_prefill_tokens=args.max_prefill_tokens,
-                   skip=lambda name, L, B: name == "original" and L > limit and args.skip_beyond_limit,
-                   on_result=log)
+    rows = measure(models, contexts, batches, decode_tokens, max_prefill_tokens=opts.max_prefill_tokens,
+                   skip=lambda name, L, B: name == "original" and L > limit and opts.skip_beyond_limit,
+                   on_result=log_row)
     for row in rows:
         row["beyond_position_limit"] = row["model"] == "original" and row["context"] > limit
     non_attention = []
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -
         ms = non_attention_decode_ms(models, B, 2 * decode_tokens)
         non_attention += [{"model": name, "batch": B, "decode_ms": ms[name]} for name in ms]
     payload = {**head, "models": what, "position_limit": limit, "decode_tokens": decode_tokens,
-               "max_prefill_tokens": args.max_prefill_tokens, "rows": rows, "non_attention": non_attention}
+               "max_prefill_tokens": opts.max_prefill_tokens, "rows": rows, "non_attention": non_attention}
     payload["targets"] = model_targets(payload)
     out = Path(out)
     write_results(out, "results", payload, model_markdown(payload))
@@ -205,21 +208,3 @@ def model_plots(p: dict, out: Path) -> list[Path]:
                                for b in batches] for m in ("original", "linearized")},
                           "decode step with attention stubbed out", "ms per step"))
     return files
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-results/model")
-    p.add_argument("--quick", action="store_true", help="fewer, smaller sizes")
-    p.add_argument("--tiny-model", action="store_true", help=argparse.SUPPRESS)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    print(model_markdown(run(args, args.out)))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,13 +6,13 @@ feature maps, g = logsigmoid(.) / 16); defaults are one layer of the bundled tea
 
 - `chunk_gla` (liger.ops): the chunkwise-parallel op, every T in --lengths.
 - `fused_recurrent_gla` (liger.ops, float32, the decode kernel) and `naive_recurrent_gla`
-  (liger.ops.reference, float64, the tests' reference): token by token, only at the small T of
+  (liger.ops.gla_naive, float64, the tests' reference): token by token, only at the small T of
   --ref-lengths (they are slow); nothing is extrapolated to other lengths.
 - softmax attention: `F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)` on [B, H, T, D].
 - forward+backward: the output's backward with a fixed random gradient, gradients for q, k, v (and g).
 
 FLOPs of chunk_gla (`gla_flops`), counted over the matmuls it executes, 2 per multiply-add, with C the chunk
-length (`liger.ops.chunked.chunk_len`), N = ceil(T / C) chunks and G = Hq / Hk query heads per key head::
+length (`liger.ops.common.chunk_len`), N = ceil(T / C) chunks and G = Hq / Hk query heads per key head::
 
     intra-chunk  q k^T : 2 B Hk N G C C K        A v : 2 B Hk N G C C V      (full C x C blocks, as run)
     inter-chunk  k^T v : 2 B Hk N C K V          q S : 2 B Hk N G C K V
@@ -29,21 +29,25 @@ compile_s) is timed too, forward and forward+backward, to show whether compiling
 
 from __future__ import annotations
 
-import argparse
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..ops import chunk_gla, fused_recurrent_gla
-from ..ops.chunked import chunk_len
-from ..ops.reference import naive_recurrent_gla
+from ..ops.common import chunk_len
+from ..ops.gla_naive import naive_recurrent_gla
 from ..errors import ConfigError
-from .common import (header, header_markdown, int_list, line_plot, markdown_table, target_row, targets_markdown,
-                     timeit, write_results)
+from ..runinfo import header
+from .common import header_markdown, line_plot, log, markdown_table, target_row, targets_markdown, timeit, write_results
 
 FULL_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_LENGTHS = (512, 1024, 4096)
+FULL_REF_LENGTHS = (512, 1024)  # where the token-by-token ops also run (they are slow)
+QUICK_REF_LENGTHS = (512,)
+MATMUL_SIZE = 2048
 TARGET_T = 4096
 TARGET_FRACTION = 0.25
 
@@ -113,8 +117,6 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
         step = _fwd_bwd(sdpa, _leaves(qa, ka, va), grad.transpose(1, 2).contiguous())
         row["sdpa_fwd_bwd_ms"] = 1e3 * timeit(step, repeats, warm, budget_s)
     if compiled:
-        import time
-
         cgla = torch.compile(gla, dynamic=False)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -152,68 +154,49 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
     return row
 
 
-def bench_vs_recurrent(T: int = 4096, B: int = 1, H: int = 4, K: int = 64, V: int = 64) -> dict:
-    """The core issue's comparison (forward only, Hq = Hk = H): chunk_gla, fused_recurrent_gla and the float64
-    reference at one T, in ms, with the speed-ups."""
-    q, k, v, g = gla_inputs(B, T, H, K, V)
-    with torch.no_grad():
-        t_chunk = timeit(lambda: chunk_gla(q, k, v, g), repeats=7)
-        t_fused = timeit(lambda: fused_recurrent_gla(q, k, v, g), repeats=3)
-        t_naive = timeit(lambda: naive_recurrent_gla(q, k, v, g), repeats=1, warmup=0)
-    return {
-        "B": B, "T": T, "H": H, "K": K, "V": V,
-        "chunk_gla_ms": 1e3 * t_chunk,
-        "fused_recurrent_gla_ms": 1e3 * t_fused,
-        "naive_reference_ms": 1e3 * t_naive,
-        "speedup_vs_reference": t_naive / t_chunk,
-        "speedup_vs_fused_recurrent": t_fused / t_chunk,
-    }
+
+@dataclass
+class OpsOptions:
+    """What `run` measures (the flags of `liger bench ops`); a size left None is the full default, or with
+    `quick` the quick one."""
+
+    lengths: tuple[int, ...] | None = None  # FULL_LENGTHS / QUICK_LENGTHS
+    ref_lengths: tuple[int, ...] | None = None  # FULL_REF_LENGTHS / QUICK_REF_LENGTHS
+    heads: int = 9  # query heads, as the bundled teacher
+    kv_heads: int = 3
+    head_dim: int = 64  # K = V
+    op_batch: int = 1
+    matmul_size: int | None = None  # n of the reference n x n matmul; None: MATMUL_SIZE
+    forward_only: bool = False
+    op_repeats: int = 3  # timed calls per measurement, median
+    compile: bool = False  # also time torch.compile(chunk_gla)
+    quick: bool = False
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("ops (chunk_gla)")
-    g.add_argument("--lengths", default=None, metavar="T,T",
-                   help=f"sequence lengths (default {','.join(map(str, FULL_LENGTHS))}; --quick "
-                   f"{','.join(map(str, QUICK_LENGTHS))})")
-    g.add_argument("--ref-lengths", default=None, metavar="T,T",
-                   help="lengths at which the token-by-token ops also run (slow; default 512,1024; --quick 512)")
-    g.add_argument("--heads", type=int, default=9, help="query heads (default 9, as the bundled teacher)")
-    g.add_argument("--kv-heads", type=int, default=3, help="key/value heads (default 3)")
-    g.add_argument("--head-dim", type=int, default=64, help="K = V = head dimension (default 64)")
-    g.add_argument("--op-batch", type=int, default=1, help="batch size of the op inputs (default 1)")
-    g.add_argument("--matmul-size", type=int, default=None,
-                   help="n of the n x n float32 matmul that sets the reference GFLOP/s (default 2048)")
-    g.add_argument("--forward-only", action="store_true", help="skip the forward+backward timings")
-    g.add_argument("--op-repeats", type=int, default=3, help="timed calls per measurement, median (default 3)")
-    g.add_argument("--compile", action="store_true",
-                   help="also time torch.compile(chunk_gla) (inductor; compiles once per length, ~30 s each)")
-
-
-def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
-    """Run the op benchmark with the flags of `add_arguments` and write results.json / results.md / PNGs to
-    `out`. Returns the payload ({"header", "matmul", "rows", "targets"})."""
-    quick = getattr(args, "quick", False)
-    lengths = int_list("--lengths", args.lengths) if args.lengths else (QUICK_LENGTHS if quick else FULL_LENGTHS)
-    refs = int_list("--ref-lengths", args.ref_lengths) if args.ref_lengths else ((512,) if quick else (512, 1024))
-    if min(args.heads, args.kv_heads, args.head_dim, args.op_batch, args.op_repeats) < 1:
+def run(opts: OpsOptions, out: str | Path, command: str | None = None) -> dict:
+    """Run the op benchmark and write results.json / results.md / PNGs to `out`. Returns the payload
+    ({"header", "matmul", "rows", "targets"})."""
+    lengths = opts.lengths or (QUICK_LENGTHS if opts.quick else FULL_LENGTHS)
+    refs = opts.ref_lengths or (QUICK_REF_LENGTHS if opts.quick else FULL_REF_LENGTHS)
+    if min(opts.heads, opts.kv_heads, opts.head_dim, opts.op_batch, opts.op_repeats) < 1:
         raise ConfigError("--heads, --kv-heads, --head-dim, --op-batch and --op-repeats must be >= 1")
-    if args.heads % args.kv_heads:
-        raise ConfigError(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
-    n = args.matmul_size or 2048
+    if opts.heads % opts.kv_heads:
+        raise ConfigError(f"--heads ({opts.heads}) must be a multiple of --kv-heads ({opts.kv_heads})")
+    n = opts.matmul_size or MATMUL_SIZE
     head = header(command)
     mm = matmul_gflops(n)
     rows = []
     for T in sorted(set(lengths) | set(refs)):
-        row = bench_length(T, args.op_batch, args.heads, args.kv_heads, args.head_dim, not args.forward_only,
-                           T in refs, repeats=args.op_repeats, compiled=getattr(args, "compile", False))
+        row = bench_length(T, opts.op_batch, opts.heads, opts.kv_heads, opts.head_dim, not opts.forward_only,
+                           T in refs, repeats=opts.op_repeats, compiled=opts.compile)
         row["fraction_of_matmul"] = row["chunk_gla_gflops_per_s"] / mm
         rows.append(row)
-        _log(f"ops T={T}: chunk_gla {row['chunk_gla_fwd_ms']:.1f} ms, sdpa {row['sdpa_fwd_ms']:.1f} ms")
+        log(f"ops T={T}: chunk_gla {row['chunk_gla_fwd_ms']:.1f} ms, sdpa {row['sdpa_fwd_ms']:.1f} ms")
     at = next((r for r in rows if r["T"] == TARGET_T), None)
     targets = [target_row(f"chunk_gla forward at T={TARGET_T} reaches >= {TARGET_FRACTION:.0%} of the float32 "
                           f"matmul GFLOP/s", at and at["fraction_of_matmul"], TARGET_FRACTION)]
     payload = {**head, "matmul": {"n": n, "gflops_per_s": mm}, "rows": rows, "targets": targets,
-               "shape": {"B": args.op_batch, "Hq": args.heads, "Hk": args.kv_heads, "D": args.head_dim}}
+               "shape": {"B": opts.op_batch, "Hq": opts.heads, "Hk": opts.kv_heads, "D": opts.head_dim}}
     out = Path(out)
     write_results(out, "results", payload, ops_markdown(payload))
     ops_plots(payload, out)
@@ -275,23 +258,3 @@ def ops_plots(p: dict, out: Path) -> list[Path]:
                            "achieved GFLOP/s", "T (tokens)", "GFLOP/s", logy=False,
                            hline=(p["matmul"]["gflops_per_s"], f"float32 matmul {p['matmul']['n']}")))
     return files
-
-
-def _log(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-results/ops")
-    p.add_argument("--quick", action="store_true", help="fewer, smaller sizes (a few minutes)")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    payload = run(args, args.out)
-    print(ops_markdown(payload))
-
-
-if __name__ == "__main__":
-    main()

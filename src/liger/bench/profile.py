@@ -14,23 +14,26 @@ times here are above the unprofiled medians of `liger bench model`; compare shar
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..arch import decoder_layers
 from ..cache import CACHE_KWARG, output_cache
 from ..errors import ConfigError
 from ..evaluate.efficiency import synthetic_cache
-from ..surgery import decoder_layers
-from .common import (header, header_markdown, int_list, load_pair, markdown_table, target_row, targets_markdown,
-                     write_results)
+from ..runinfo import header
+from .common import header_markdown, load_pair, log, markdown_table, target_row, targets_markdown, write_results
 
 PARTS = ("attention", "mlp", "lm_head")
+FULL_CONTEXT = 8192
+QUICK_CONTEXT = 512
+FULL_BATCHES = (1, 8)
+QUICK_BATCHES = (1,)
 STEP = "liger.decode_step"
 
 
@@ -88,31 +91,32 @@ def profile_decode(model: nn.Module, context: int, batch: int, steps: int = 8, t
                      "share": e.self_cpu_time_total / 1e3 / steps / step_ms} for e in ops]}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("profile (decode step)")
-    g.add_argument("--context", type=int, default=None, help="context tokens in the cache (default 8192; "
-                   "--quick 512)")
-    g.add_argument("--profile-batch-sizes", default=None, metavar="B,B", help="batch sizes (default 1,8; "
-                   "--quick 1)")
-    g.add_argument("--steps", type=int, default=8, help="profiled decode steps (default 8)")
+@dataclass
+class ProfileOptions:
+    """What `run` profiles (the flags of `liger bench profile`); a size left None is the full default, or with
+    `quick` the quick one."""
+
+    context: int | None = None  # context tokens in the cache: FULL_CONTEXT / QUICK_CONTEXT
+    profile_batch_sizes: tuple[int, ...] | None = None  # FULL_BATCHES / QUICK_BATCHES
+    steps: int = 8  # profiled decode steps
+    quick: bool = False
+    tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
 
 
-def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
-    """Profile both models' decode step with the flags of `add_arguments`; write results.json / .md to `out`."""
-    quick = getattr(args, "quick", False)
-    context = args.context or (512 if quick else 8192)
-    batches = (int_list("--profile-batch-sizes", args.profile_batch_sizes) if args.profile_batch_sizes
-               else ((1,) if quick else (1, 8)))
+def run(opts: ProfileOptions, out: str | Path, command: str | None = None) -> dict:
+    """Profile both models' decode step; write results.json / .md to `out`."""
+    context = opts.context or (QUICK_CONTEXT if opts.quick else FULL_CONTEXT)
+    batches = opts.profile_batch_sizes or (QUICK_BATCHES if opts.quick else FULL_BATCHES)
     head = header(command)
-    original, linearized, what = load_pair(getattr(args, "tiny_model", False))
+    original, linearized, what = load_pair(opts.tiny_model)
     rows = []
     for B in batches:
         for name, model in (("original", original), ("linearized", linearized)):
-            r = profile_decode(model, context, B, args.steps)
+            r = profile_decode(model, context, B, opts.steps)
             rows.append({"model": name, "batch": B, **r})
-            print(f"profile {name} L={context} B={B}: {r['step_ms']:.1f} ms/step "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()), file=sys.stderr, flush=True)
-    payload = {**head, "models": what, "context": context, "steps": args.steps, "rows": rows}
+            log(f"profile {name} L={context} B={B}: {r['step_ms']:.1f} ms/step "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()))
+    payload = {**head, "models": what, "context": context, "steps": opts.steps, "rows": rows}
     payload["targets"] = profile_targets(rows)
     write_results(out, "results", payload, profile_markdown(payload))
     return payload
@@ -144,17 +148,3 @@ def profile_markdown(p: dict) -> str:
         md += ["", f"## Top operators by self time: {r['model']}, batch {r['batch']}\n",
                markdown_table(r["ops"], ["op", "self_ms_per_step", "share"], ["operator", "self ms/step", "share"])]
     return "\n".join(md)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-results/profile")
-    p.add_argument("--quick", action="store_true", help="a 512-token context, batch 1")
-    p.add_argument("--tiny-model", action="store_true", help=argparse.SUPPRESS)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    print(profile_markdown(run(args, args.out)))
-
-
-if __name__ == "__main__":
-    main()

@@ -10,28 +10,30 @@ warm-up step. Both models get the same adapters, so they train the same number o
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..arch import ARCHITECTURES, model_type
 from ..errors import ConfigError
-from .common import (bar_plot, header, header_markdown, int_list, load_pair, markdown_table, target_row,
-                     targets_markdown, timeit, write_results)
+from ..runinfo import header
+from ..train.loop import ADAM_BETAS, TrainConfig
+from ..train.recipes import add_lora
+from .common import (bar_plot, header_markdown, load_pair, log, markdown_table, target_row, targets_markdown, timeit,
+                     write_results)
 
 FULL_LENGTHS = (512, 1024, 4096)
 QUICK_LENGTHS = (512, 1024)
 PRECISIONS = ("bf16", "fp32")
+QUICK_PRECISIONS = ("bf16",)
+FULL_REPEATS = 3
+QUICK_REPEATS = 2
 
 
 def with_lora(model: nn.Module, r: int = 8) -> nn.Module:
     """`model` wrapped with peft LoRA r on q/k/v as the liger recipe does (liger.train.recipes.add_lora)."""
-    from ..arch import ARCHITECTURES
-    from ..surgery import model_type
-    from ..train.recipes import add_lora
-
     return add_lora(model, ARCHITECTURES[model_type(model)].lora_targets("qkv"), r=r, alpha=2 * r)
 
 
@@ -41,7 +43,7 @@ def train_step_time(model: nn.Module, length: int, precision: str, repeats: int 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters; wrap it with `with_lora` first")
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(params, lr=TrainConfig.lr, betas=ADAM_BETAS)
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
     model.train()
@@ -50,7 +52,7 @@ def train_step_time(model: nn.Module, length: int, precision: str, repeats: int 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, TrainConfig.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -60,32 +62,34 @@ def train_step_time(model: nn.Module, length: int, precision: str, repeats: int 
         model.eval()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("train (LoRA step tokens/s)")
-    g.add_argument("--train-lengths", default=None, metavar="T,T",
-                   help="tokens per step (default 512,1024,4096; --quick 512,1024)")
-    g.add_argument("--precisions", default=None, metavar="P,P",
-                   help="bf16 (autocast) and/or fp32 (default bf16,fp32; --quick bf16)")
-    g.add_argument("--train-repeats", type=int, default=None, help="timed steps, median (default 3; --quick 2)")
-    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+@dataclass
+class TrainBenchOptions:
+    """What `run` measures (the flags of `liger bench train`); a size left None is the full default, or with
+    `quick` the quick one."""
+
+    train_lengths: tuple[int, ...] | None = None  # FULL_LENGTHS / QUICK_LENGTHS
+    precisions: tuple[str, ...] | None = None  # PRECISIONS / QUICK_PRECISIONS
+    train_repeats: int | None = None  # timed steps, median: FULL_REPEATS / QUICK_REPEATS
+    lora_r: int = 8
+    quick: bool = False
+    tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
 
 
-def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -> dict:
-    """Run the training benchmark with the flags of `add_arguments`; write results.json / .md / PNG to `out`."""
-    quick = getattr(args, "quick", False)
-    lengths = (int_list("--train-lengths", args.train_lengths) if args.train_lengths
-               else (QUICK_LENGTHS if quick else FULL_LENGTHS))
-    precisions = (tuple(x.strip() for x in args.precisions.split(",") if x.strip()) if args.precisions
-                  else (("bf16",) if quick else PRECISIONS))
-    if not precisions or set(precisions) - set(PRECISIONS):
-        raise ConfigError(f"--precisions takes bf16 and/or fp32, comma-separated; got {args.precisions!r}")
-    repeats = args.train_repeats if args.train_repeats is not None else (2 if quick else 3)
-    if repeats < 1 or args.lora_r < 1:
+def run(opts: TrainBenchOptions, out: str | Path, command: str | None = None) -> dict:
+    """Run the training benchmark; write results.json / .md / PNG to `out`."""
+    lengths = opts.train_lengths or (QUICK_LENGTHS if opts.quick else FULL_LENGTHS)
+    precisions = opts.precisions or (QUICK_PRECISIONS if opts.quick else PRECISIONS)
+    if set(precisions) - set(PRECISIONS):
+        raise ConfigError(f"--precisions takes bf16 and/or fp32, comma-separated; got {','.join(precisions)!r}")
+    repeats = opts.train_repeats
+    if repeats is None:
+        repeats = QUICK_REPEATS if opts.quick else FULL_REPEATS
+    if repeats < 1 or opts.lora_r < 1:
         raise ConfigError("--train-repeats and --lora-r must be >= 1")
     head = header(command)
-    original, linearized, what = load_pair(getattr(args, "tiny_model", False))
+    original, linearized, what = load_pair(opts.tiny_model)
     rows = []
-    models = {"original": with_lora(original, args.lora_r), "linearized": with_lora(linearized, args.lora_r)}
+    models = {"original": with_lora(original, opts.lora_r), "linearized": with_lora(linearized, opts.lora_r)}
     for precision in precisions:
         for T in lengths:
             for name, model in models.items():  # back to back: their ratio sees the same machine state
@@ -93,8 +97,8 @@ def run(args: argparse.Namespace, out: str | Path, command: str | None = None) -
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 rows.append({"model": name, "precision": precision, "tokens": T, "step_s": s,
                              "tokens_per_s": T / s, "trainable_parameters": trainable})
-                print(f"train {name} {precision} T={T}: {T / s:.0f} tokens/s", file=sys.stderr, flush=True)
-    payload = {**head, "models": what, "lora_r": args.lora_r, "rows": rows}
+                log(f"train {name} {precision} T={T}: {T / s:.0f} tokens/s")
+    payload = {**head, "models": what, "lora_r": opts.lora_r, "rows": rows}
     payload["targets"] = train_targets(rows)
     out = Path(out)
     write_results(out, "results", payload, train_markdown(payload))
@@ -145,17 +149,3 @@ def train_plots(p: dict, out: Path) -> list[Path]:
             bars[f"{model} {precision}"] = [_rate(rows, model, precision, T) for T in lengths]
     return [bar_plot(out / "train_tokens_per_s.png", [f"{T:,} tokens" for T in lengths], bars,
                      "LoRA training step throughput", "tokens/s")]
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-results/train")
-    p.add_argument("--quick", action="store_true", help="fewer, smaller sizes")
-    p.add_argument("--tiny-model", action="store_true", help=argparse.SUPPRESS)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    print(train_markdown(run(args, args.out)))
-
-
-if __name__ == "__main__":
-    main()

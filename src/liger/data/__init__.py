@@ -28,7 +28,7 @@ import hashlib
 import random
 import warnings
 from array import array
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,9 +59,6 @@ class DataSpec:
     n_heldout_docs: int
     train_chars: int
     heldout_chars: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

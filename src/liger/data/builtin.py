@@ -45,7 +45,7 @@ SKIP_DOC_PREFIXES = ("Python Character Mapping Codec",)  # ~100 generated `encod
 
 def topic_documents() -> list[str]:
     """The `pydoc_data.topics` reference text, topic by topic, cut at paragraph boundaries."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # a large module, read only to build the cache
 
     docs = []
     for key in sorted(topics):

@@ -115,7 +115,7 @@ def _read_jsonl(path: Path, text_field: str | None) -> list[str]:
 
 
 def _read_parquet(path: Path, text_field: str | None) -> list[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # only .parquet files need it
 
     try:
         names = pq.read_schema(path).names

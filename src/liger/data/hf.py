@@ -42,7 +42,7 @@ def table_texts(ds, text_field: str | None, where: str) -> list[str]:
 
 def saved_documents(path: Path, text_field: str | None) -> tuple[list[str], list[str] | None, str]:
     """(train texts, held-out texts or None, description) of a save_to_disk folder."""
-    import datasets
+    import datasets  # imported on first use: it takes about a second to import
 
     try:
         ds = datasets.load_from_disk(str(path))
@@ -102,7 +102,7 @@ def probe_hub(repo_id: str, timeout: float = HUB_TIMEOUT) -> None:
 def hub_documents(repo_id: str, text_field: str | None) -> list[str]:
     """Texts of the "train" split of a hub dataset."""
     probe_hub(repo_id)
-    import datasets
+    import datasets  # imported on first use: it takes about a second to import
 
     try:
         ds = datasets.load_dataset(repo_id, split="train")

@@ -1,5 +1,5 @@
 """Sequence parallelism for whole models: split a batch's sequences over the ranks of a group, run the
-linearized model on each rank's slice (LASP-2 inside the mixers, see `liger.ops.sequence_parallel`),
+linearized model on each rank's slice (LASP-2 inside the mixers, see `liger.distributed.lasp`),
 gather outputs, and a next-token loss whose sum over the ranks is the loss of the whole sequences."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LigerConfig
+from ..config import config_of
 from ..errors import ConfigError
-from ..ops.sequence_parallel import all_gather_differentiable, sequence_parallel
+from ..mixers import LigerAttention
+from .context import sequence_parallel
+from .softmax_layers import enable
 
 Tensor = torch.Tensor
 
@@ -30,34 +32,17 @@ def split_sequence(x: Tensor, lengths: list[int], rank: int, dim: int = 1) -> Te
     return x.narrow(dim, sum(lengths[:rank]), lengths[rank])
 
 
-def gather_sequence(x: Tensor, lengths: list[int], group=None, dim: int = 1) -> Tensor:
-    """The whole sequence on every rank from the slices `x` (this rank's, `lengths[rank]` long along `dim`);
-    differentiable. Slices are padded to the longest for the all-gather, then cut."""
-    world = dist.get_world_size(group)
-    if len(lengths) != world or x.shape[dim] != lengths[dist.get_rank(group)]:
-        raise ConfigError(f"slice of length {x.shape[dim]} does not match the split {lengths}")
-    longest = max(lengths)
-    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, longest - x.shape[dim]]
-    gathered = all_gather_differentiable(F.pad(x, pad), group)  # [P, ...]
-    return torch.cat([gathered[j].narrow(dim, 0, lengths[j]) for j in range(world)], dim)
-
-
 def check_sequence_parallel_model(model: nn.Module) -> None:
     """Raise ConfigError unless `model` is a linearized model (any mixer, with or without the window branch:
     LASP-2 covers them all) with no layer computing attention-transfer targets; route the layers kept as
     softmax attention, if any, through the sequence-parallel attention (`softmax_layers.enable`)."""
-    from ..mixers import LigerAttention
-
-    liger = getattr(getattr(model, "config", None), "liger", None)
+    cfg = config_of(model)
     layers = [m for m in model.modules() if isinstance(m, LigerAttention)]
-    if liger is None or not layers:
+    if cfg is None or not layers:
         raise ConfigError("sequence parallelism needs a linearized model (liger.linearize)")
     if any(m.transfer for m in layers):
         raise ConfigError("attention transfer (softmax targets) does not run under sequence parallelism")
-    cfg = LigerConfig.from_dict(liger)
     if cfg.softmax_layers or cfg.softmax_every:
-        from .softmax_layers import enable
-
         enable(model)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..surgery import decoder_layers
+from ..arch import decoder_layers
 from .runtime import ParallelContext
 
 Tensor = torch.Tensor

@@ -20,9 +20,13 @@ from functools import partial
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..ops import sequence_parallel as sp_ops
 from ..ops import window_attention
+from .collectives import gather_sequence
+from .context import current
 
 Tensor = torch.Tensor
 
@@ -31,10 +35,6 @@ PREFIX = "liger_sp_"
 
 def enable(model: nn.Module) -> None:
     """Route `model`'s softmax attention layers through `sp_attention` (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     base = model.config._attn_implementation
     if base.startswith(PREFIX):
         return
@@ -46,8 +46,6 @@ def enable(model: nn.Module) -> None:
 
 
 def _base_function(module: nn.Module, base: str):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     return ALL_ATTENTION_FUNCTIONS.get_interface(base, eager)
 
@@ -56,13 +54,11 @@ def sp_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, a
                  base: str, **kwargs) -> tuple[Tensor, None]:
     """transformers' attention-function signature: query [B, Hq, T_r, D], key and value [B, Hk, T_r, D] ->
     ([B, T_r, Hq, D], None). Under sequence parallelism, this rank's queries over the whole sequence's keys."""
-    sp = sp_ops.current()
+    sp = current()
     if sp is None:
         return _base_function(module, base)(module, query, key, value, attention_mask, **kwargs)
-    from .sequence import gather_sequence
-
     T = query.shape[2]
-    sp._check_length(T)
+    sp.check_length(T)
     # Every rank's keys and values, time-first [B, T_all, Hk, D]. This rank's own keys are taken from the
     # gathered tensors too, so every rank's graph holds them and runs the backward reduce-scatter.
     keys, values = (gather_sequence(x, list(sp.lengths), sp.group, dim=2).transpose(1, 2) for x in (key, value))

@@ -7,5 +7,5 @@ Modules, one job each:
 - recall: passkey retrieval and multi-query associative recall probes
 - efficiency (+ memory): prefill / decode speed, peak RSS and cache bytes (memory.PeakRSS is shared with `liger bench model`)
 - lm_eval_adapter: lm-evaluation-harness on a model in memory, task names or local task YAML
-- plots, report: PNGs, eval.md and the summary table; runner, command: `liger eval`
+- plots, report: PNGs, eval.md and the summary table; runner: `liger eval` (its flags: liger.cli.evaluate)
 """

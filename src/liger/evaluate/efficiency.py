@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from ..arch import decoder_layers
 from ..cache import CACHE_KWARG, LigerCache, LigerLayerCache, cache_nbytes, output_cache
-from ..surgery import decoder_layers, linearized_layer_indices
+from ..surgery import linearized_layer_indices
 from .memory import PeakRSS
 
 
@@ -35,7 +36,8 @@ def _step(model: nn.Module, ids: torch.Tensor, cache=None):
 
 def synthetic_cache(model: nn.Module, batch: int, length: int, seed: int = 0):
     """A cache as if `length` tokens had been prefilled, with random contents: DynamicCache keys/values
-    [B, Hk, L, D] for softmax layers, float32 states [B, Hk, D, D] and full windows for linearized layers."""
+    [B, Hk, L, D] for softmax layers; for linearized layers float32 states of the shapes their mixer keeps
+    (`state_shapes`, e.g. [B, Hk, D, D] for gla) and full windows."""
     cfg = model.config.get_text_config()
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
@@ -49,7 +51,9 @@ def synthetic_cache(model: nn.Module, batch: int, length: int, seed: int = 0):
         if i in linear:
             lc: LigerLayerCache = cache.layers[i]
             w = attn.liger.window
-            state = (torch.randn(batch, hk, d, d, generator=gen) * 0.1).to(device)
+            states = tuple((torch.randn(batch, *shape, generator=gen) * 0.1).to(device)
+                           for shape in attn.core.state_shapes())
+            state = states[0] if len(states) == 1 else states
             window = None
             if w > 0:
                 window = (torch.randn(batch, w - 1, hk, d, generator=gen).to(device, dtype),

@@ -17,7 +17,6 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 
-PAPER_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
 # The number each task reports in the Liger and LoLCATs papers' tables.
 PREFERRED_METRIC = {"piqa": "acc_norm", "arc_easy": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
                     "winogrande": "acc", "mmlu": "acc"}

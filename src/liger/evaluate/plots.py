@@ -4,28 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..plotting import pyplot, save_figure
+
 LABELS = {"teacher": "teacher", "student": "linearized", "linearized": "linearized"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
 
 
 def passkey_heatmap(rows: list[dict], title: str, path: str | Path) -> None:
     """Exact-recall rate (colour, first number) by context length (x) and needle depth (y); the second number
     in a cell is the fraction of key tokens that were the argmax."""
-    plt = _plt()
+    plt = pyplot()
     lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
     cell = {(r["length"], r["depth"]): r for r in rows}
@@ -42,12 +29,12 @@ def passkey_heatmap(rows: list[dict], title: str, path: str | Path) -> None:
             ax.text(j, i, f"{r['exact']:.2f}\n{r['token_accuracy']:.2f}", ha="center", va="center", fontsize=7)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="passkey recalled exactly (fraction)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def mqar_plot(rows: dict[str, list[dict]], path: str | Path) -> None:
     """MQAR exact recall and token accuracy against the number of key-value pairs; one line per model."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for label, rs in rows.items():
         rs = sorted(rs, key=lambda r: r["pairs"])
@@ -62,13 +49,13 @@ def mqar_plot(rows: dict[str, list[dict]], path: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle("multi-query associative recall")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def efficiency_plot(rows: dict[str, list[dict]], path: str | Path) -> None:
     """Prefill latency, decode time per step, peak extra RSS and cache bytes against context length; one line
     per model and batch size. rows: {model label: efficiency rows}."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("prefill_s", "prefill latency (s)", 1), ("decode_ms", "decode time per step (ms)", 1),
               ("peak_extra_bytes", "peak memory above the loaded models (MiB)", 2**20),
               ("cache_bytes", "cache after decoding (MiB)", 2**20)]
@@ -87,12 +74,12 @@ def efficiency_plot(rows: dict[str, list[dict]], path: str | Path) -> None:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def nll_by_position(lm: dict, path: str | Path) -> None:
     """Mean next-token NLL by position in the held-out blocks, teacher vs. linearized."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label in ("teacher", "student"):
         bins = lm[label]["nll_by_position"]
@@ -102,7 +89,7 @@ def nll_by_position(lm: dict, path: str | Path) -> None:
     ax.set_title("held-out loss by position")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def draw_all(sec: dict, folder: str | Path) -> list[str]:

@@ -3,40 +3,13 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import shlex
-import sys
-from pathlib import Path
-
-import torch
-
+from ..runinfo import command_line, machine_in_words, now
 from .lm_eval_adapter import PREFERRED_METRIC
-
-
-def machine() -> str:
-    """CPU model (and GPU if any), core count, torch version and its thread count, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def run_header(argv: list[str] | None = None) -> dict:
     """{"date", "machine", "command"}: the command as typed (shell-quoted), default `sys.argv`."""
-    argv = sys.argv if argv is None else argv
-    return {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": machine(),
-        "command": " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]]),
-    }
+    return {"date": now(zone=True), "machine": machine_in_words(), "command": command_line(argv)}
 
 
 def _mean(rows: list[dict], key: str) -> float:

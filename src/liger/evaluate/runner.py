@@ -15,12 +15,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir
+from ..atomic import atomic_output_dir
+from ..data import load_corpus, pack
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import load_model
+from . import plots
+from .efficiency import measure
+from .lm_eval_adapter import check_tasks, run_lm_eval
+from .perplexity import compare_lm
+from .recall import MQAR_KEYS, mqar_sweep, passkey_grid
+from .report import eval_markdown, run_header, summary_rows
+from .tasks import cloze_items, continuation_items, num_requests, score_items
 
 SECTIONS = ("lm", "tasks", "recall", "efficiency", "lm_eval")
+DEFAULT_SECTIONS = ("lm", "tasks", "recall", "efficiency")  # lm_eval joins them when tasks are given
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
+# `EvalOptions.quick`: small sizes for a first look (about 5-10 minutes on a 2-core CPU, bundled teacher).
+QUICK = dict(blocks=8, items=40, recall_lengths=(256, 512, 1024), depths=(0.0, 0.5, 1.0), mqar_pairs=(4, 8),
+             eff_lengths=(256, 512, 1024), batch_sizes=(1, 2), decode_tokens=4)
 
 
 @dataclass
@@ -30,7 +42,7 @@ class EvalOptions:
     model: str
     teacher: str | None = None  # default: the checkpoint's recorded teacher, else "bundled"
     out: str | None = None  # default: <model>/eval
-    sections: tuple[str, ...] = ("lm", "tasks", "recall", "efficiency")
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     data: str = "builtin"
     seq_len: int = 512
     blocks: int = 24
@@ -53,10 +65,8 @@ class EvalOptions:
 
     @classmethod
     def quick(cls, **kw) -> "EvalOptions":
-        """Small sizes for a first look (about 5-10 minutes on a 2-core CPU with the bundled teacher)."""
-        base = dict(blocks=8, items=40, recall_lengths=(256, 512, 1024), depths=(0.0, 0.5, 1.0), mqar_pairs=(4, 8),
-                    eff_lengths=(256, 512, 1024), batch_sizes=(1, 2), decode_tokens=4)
-        return cls(**{**base, **kw})
+        """The QUICK sizes, for a first look; `kw` wins."""
+        return cls(**{**QUICK, **kw})
 
 
 def _log(msg: str, opts: EvalOptions) -> None:
@@ -96,8 +106,6 @@ def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
         raise ConfigError(f"--decode-tokens must be >= 0, got {opts.decode_tokens}")
     if any(d < 0 or d > 1 for d in opts.depths) or not opts.depths:
         raise ConfigError(f"--depths must be numbers between 0 and 1, got {list(opts.depths)}")
-    from .recall import MQAR_KEYS
-
     if not opts.mqar_pairs or any(not 1 <= n <= len(MQAR_KEYS) for n in opts.mqar_pairs):
         raise ConfigError(f"--mqar-pairs must be between 1 and {len(MQAR_KEYS)}, got {list(opts.mqar_pairs)}")
     if not opts.batch_sizes or any(b < 1 for b in opts.batch_sizes):
@@ -146,8 +154,6 @@ def _load(opts: EvalOptions):
     limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
     check_options(opts, limit)
     if "lm_eval" in opts.sections:
-        from .lm_eval_adapter import check_tasks
-
         check_tasks(list(opts.tasks))  # unknown names and unreachable datasets fail now, not after an hour
     _log(f"teacher: {teacher_spec}", opts)
     teacher, teacher_tok = load_model(teacher_spec, dtype=torch.float32)
@@ -161,8 +167,6 @@ def _load(opts: EvalOptions):
 
 
 def _heldout(opts: EvalOptions, tok, teacher) -> tuple[list[str], str]:
-    from ..data import load_corpus
-
     corpus = load_corpus(opts.data, tokenizer=tok, model=teacher)
     if not corpus.heldout:
         raise DataError(f"the data source {opts.data!r} has no held-out documents; use a larger source")
@@ -176,9 +180,6 @@ def _bar(opts: EvalOptions, total: int, desc: str):
 def run_eval(opts: EvalOptions) -> dict:
     """Run the selected sections on both models; write eval.json, eval.md and the plots into the output folder
     (atomically); return the results (as in eval.json, plus "out")."""
-    from . import plots
-    from .report import eval_markdown, run_header, summary_rows
-
     out = output_dir(opts)
     student, teacher, teacher_spec, tok = _load(opts)
     models = {"teacher": teacher, "linearized": student}
@@ -192,53 +193,17 @@ def run_eval(opts: EvalOptions) -> dict:
     if "lm" in opts.sections or "tasks" in opts.sections:
         heldout, source = _heldout(opts, tok, teacher)
     if "lm" in opts.sections:
-        from ..data import pack
-        from .perplexity import compare_lm
-
-        blocks = pack(heldout, tok, opts.seq_len)[: opts.blocks]
-        if blocks.shape[0] == 0:
-            raise DataError(f"the held-out text of {opts.data!r} fills no {opts.seq_len}-token block; lower --seq-len")
-        _log(f"language modelling on {blocks.shape[0]} held-out blocks of {opts.seq_len} tokens", opts)
-        with _bar(opts, blocks.shape[0], "lm (both models)") as bar:
-            sec["lm"] = {"data": source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
-                                                      on_batch=bar.update)}
+        sec["lm"] = _lm_section(opts, student, teacher, tok, heldout, source)
     if "tasks" in opts.sections:
-        from .tasks import cloze_items, continuation_items, num_requests, score_items
-
-        items = {"cloze": cloze_items(heldout, opts.items, opts.seed),
-                 "continuation": continuation_items(heldout, opts.items, opts.seed)}
-        sec["tasks"] = {}
-        for name, its in items.items():
-            if not its:
-                raise DataError(f"the held-out text of {opts.data!r} is too short to build {name} items")
-            sec["tasks"][name] = {}
-            for label, m in models.items():
-                with _bar(opts, num_requests(its), f"{name} ({label})") as bar:
-                    r = score_items(m, tok, its, batch_size=opts.batch_size, on_batch=bar.update)
-                r.pop("predictions")
-                sec["tasks"][name][label] = r
+        sec["tasks"] = _tasks_section(opts, models, tok, heldout)
     if "recall" in opts.sections:
-        from .recall import mqar_sweep, passkey_grid
-
-        sec["recall"] = {"passkey": {}, "mqar": {}}
-        for label, m in models.items():
-            total = len(opts.recall_lengths) * len(opts.depths) * opts.passkey_samples
-            with _bar(opts, total, f"passkey ({label})") as bar:
-                sec["recall"]["passkey"][label] = passkey_grid(m, tok, opts.recall_lengths, opts.depths,
-                                                               opts.passkey_samples, opts.seed, lambda _: bar.update())
-            with _bar(opts, 2 * len(opts.mqar_pairs), f"mqar ({label})") as bar:
-                sec["recall"]["mqar"][label] = mqar_sweep(m, tok, opts.mqar_pairs, seed=opts.seed,
-                                                          on_probe=lambda _: bar.update())
+        sec["recall"] = _recall_section(opts, models, tok)
     if "efficiency" in opts.sections:
-        from .efficiency import measure
-
         with _bar(opts, len(models) * len(opts.eff_lengths) * len(opts.batch_sizes), "efficiency") as bar:
             rows = measure(models, opts.eff_lengths, opts.batch_sizes, opts.decode_tokens, opts.seed,
                            on_result=lambda _: bar.update())
         sec["efficiency"] = {label: [r for r in rows if r["model"] == label] for label in models}
     if "lm_eval" in opts.sections:
-        from .lm_eval_adapter import run_lm_eval
-
         sec["lm_eval"] = {}
         for label, m in models.items():
             _log(f"lm-eval ({label}): {', '.join(opts.tasks)}", opts)
@@ -252,3 +217,41 @@ def run_eval(opts: EvalOptions) -> dict:
         (tmp / "eval.md").write_text(eval_markdown(res))
     res["out"] = str(out)
     return res
+
+
+def _lm_section(opts: EvalOptions, student, teacher, tok, heldout: list[str], source: str) -> dict:
+    blocks = pack(heldout, tok, opts.seq_len)[: opts.blocks]
+    if blocks.shape[0] == 0:
+        raise DataError(f"the held-out text of {opts.data!r} fills no {opts.seq_len}-token block; lower --seq-len")
+    _log(f"language modelling on {blocks.shape[0]} held-out blocks of {opts.seq_len} tokens", opts)
+    with _bar(opts, blocks.shape[0], "lm (both models)") as bar:
+        return {"data": source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
+                                             on_batch=bar.update)}
+
+
+def _tasks_section(opts: EvalOptions, models: dict, tok, heldout: list[str]) -> dict:
+    items = {"cloze": cloze_items(heldout, opts.items, opts.seed),
+             "continuation": continuation_items(heldout, opts.items, opts.seed)}
+    sec: dict = {}
+    for name, its in items.items():
+        if not its:
+            raise DataError(f"the held-out text of {opts.data!r} is too short to build {name} items")
+        sec[name] = {}
+        for label, m in models.items():
+            with _bar(opts, num_requests(its), f"{name} ({label})") as bar:
+                r = score_items(m, tok, its, batch_size=opts.batch_size, on_batch=bar.update)
+            r.pop("predictions")
+            sec[name][label] = r
+    return sec
+
+
+def _recall_section(opts: EvalOptions, models: dict, tok) -> dict:
+    sec: dict = {"passkey": {}, "mqar": {}}
+    for label, m in models.items():
+        total = len(opts.recall_lengths) * len(opts.depths) * opts.passkey_samples
+        with _bar(opts, total, f"passkey ({label})") as bar:
+            sec["passkey"][label] = passkey_grid(m, tok, opts.recall_lengths, opts.depths, opts.passkey_samples,
+                                                 opts.seed, lambda _: bar.update())
+        with _bar(opts, 2 * len(opts.mqar_pairs), f"mqar ({label})") as bar:
+            sec["mqar"][label] = mqar_sweep(m, tok, opts.mqar_pairs, seed=opts.seed, on_probe=lambda _: bar.update())
+    return sec

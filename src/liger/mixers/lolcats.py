@@ -19,8 +19,10 @@ from torch import nn
 
 from ..cache import LigerLayerCache
 from ..config import LigerConfig
-from ..ops import roll_window, sequence_parallel, window_attention_parts
-from .cores import gla
+from ..distributed.context import current
+from ..ops import roll_window, window_attention_parts
+from .base import MixerCore, Rope
+from .gla import GLA_KERNELS
 
 Tensor = torch.Tensor
 
@@ -40,22 +42,27 @@ class HedgehogFeatureMap(nn.Module):
             return torch.cat([torch.softmax(y, -1), torch.softmax(-y, -1)], -1)
 
 
-class LolcatsCore(nn.Module):
+class LolcatsCore(MixerCore):
+    """The `lolcats` mixer (module docstring): its window and linear parts share one normaliser, so it combines
+    them itself (no `mix`)."""
+
+    uses_mix = False
+
     def __init__(self, config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, num_heads, num_kv_heads, head_dim)
         self.feature_map_q = HedgehogFeatureMap(num_heads, head_dim)
         self.feature_map_k = HedgehogFeatureMap(num_kv_heads, head_dim)
         self.window_factor = nn.Parameter(torch.full((num_heads,), INIT_WINDOW_FACTOR))
 
-    def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:
-        """Bytes of one sequence's state: float32 [Hk, 2D, D + 1] (feature dim 2D; values and the normaliser)."""
-        return num_kv_heads * 2 * head_dim * (head_dim + 1) * 4
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """float32 [Hk, 2D, D + 1]: feature dim 2D; the values and the normaliser."""
+        return ((self.num_kv_heads, 2 * self.head_dim, self.head_dim + 1),)
 
-    def forward(self, attn, q, k, v, position_embeddings, valid, cache: LigerLayerCache | None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, rope: Rope, scale: float, softcap: float | None,
+                valid: Tensor | None, cache: LigerLayerCache | None) -> Tensor:
         W = self.config.window
         B, T, Hk, D = v.shape
-        qr, kr = attn.rope(q, k, position_embeddings)
+        qr, kr = rope(q, k)
         fq = self.feature_map_q(qr)
         ones = torch.ones(B, T, 1, 1, device=v.device) if valid is None else valid[:, :, None, None].float()
         ones = ones.expand(B, T, Hk, 1)
@@ -64,14 +71,14 @@ class LolcatsCore(nn.Module):
         state = cache.state if cache is not None else None
         want = cache is not None
         if W == 0:  # pure Hedgehog linear attention
-            lin, state = gla(fq, fk, vv, torch.zeros_like(fk), state, want)
+            lin, state = GLA_KERNELS(fq, fk, vv, torch.zeros_like(fk), state=state, want_state=want)
             o = lin[..., :D] / (lin[..., D:] + 1e-6)
             if cache is not None:
                 cache.store(state.detach(), None, T)
             return o.to(v.dtype)
 
         past = lin_past = cache.window if cache is not None else None
-        if (sp := sequence_parallel.current()) is not None:
+        if (sp := current()) is not None:
             # LASP-2: the W tokens before this rank's slice; the oldest leaves the window at the first query
             # (on a single process the cached state already holds it), the other W - 1 are the window's past
             lin_past = sp.halo(kr, v, valid, W + 1, past)
@@ -90,9 +97,8 @@ class LolcatsCore(nn.Module):
         shift = W - lead  # > 0 when no full buffer precedes (prefill from scratch)
         Kp = _shift(Xk, shift)[:, :T]
         Vp = _shift(Xv, shift)[:, :T]
-        lin, state = gla(fq, Kp, Vp, torch.zeros_like(Kp), state, want)
-        num, den = window_attention_parts(qr, kr, v, W, scale=attn.scaling, key_valid=valid, past=past,
-                                          softcap=attn.softcap)
+        lin, state = GLA_KERNELS(fq, Kp, Vp, torch.zeros_like(Kp), state=state, want_state=want)
+        num, den = window_attention_parts(qr, kr, v, W, scale=scale, key_valid=valid, past=past, softcap=softcap)
         w = torch.sigmoid(self.window_factor.float())[None, None, :, None]
         o = (w * num + lin[..., :D]) / (w * den + lin[..., D:] + 1e-6)
         if cache is not None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .chunked import check_shape
-from .gla import float32_op
+from .common import check_shape, float32_op
 
 Tensor = torch.Tensor
 

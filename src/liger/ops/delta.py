@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .chunked import (check_qkv, check_shape, chunk_len, from_chunks, initial, recurrent_outputs, scalar_decays,
-                      to_chunks)
-from .gla import float32_op
+from .common import (check_shape, chunk_len, float32_op, from_chunks, prepare, recurrent_outputs, scalar_decays,
+                     to_chunks)
 
 Tensor = torch.Tensor
 
@@ -40,16 +39,12 @@ def _prepare(
     use_qk_l2norm_in_kernel: bool,
 ) -> tuple[int, Tensor, Tensor, float, Tensor]:
     """Validate; return G, q and k (L2-normalised if asked), the scale and the float32 starting state."""
-    G = check_qkv(q, k, v)
-    B, T, Hk, K = k.shape
-    V = v.shape[-1]
-    check_shape("g", g, (B, T, Hk))
-    check_shape("beta", beta, (B, T, Hk))
-    check_shape("initial_state", initial_state, (B, Hk, K, V))
+    G, scale, S = prepare(q, k, v, scale, initial_state)
+    check_shape("g", g, k.shape[:3])
+    check_shape("beta", beta, k.shape[:3])
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
-    scale = K**-0.5 if scale is None else scale
-    return G, q, k, scale, initial(initial_state, (B, Hk, K, V), q)
+    return G, q, k, scale, S
 
 
 @float32_op
@@ -65,7 +60,6 @@ def fused_recurrent_gated_delta_rule(
     use_qk_l2norm_in_kernel: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token gated delta rule (decode path); same signature and result as `chunk_gated_delta_rule`."""
-    out_dtype = v.dtype
     _, q, k, scale, S = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     kf, vf, bf, decay = k.float(), v.float(), beta.float(), g.float().exp()
 
@@ -76,7 +70,7 @@ def fused_recurrent_gated_delta_rule(
         return S + kt.unsqueeze(-1) * u.unsqueeze(-2)
 
     o, S = recurrent_outputs(q.float(), S, step)
-    return (o * scale).to(out_dtype), (S if output_final_state else None)
+    return (o * scale).to(v.dtype), (S if output_final_state else None)
 
 
 @float32_op
@@ -105,7 +99,6 @@ def chunk_gated_delta_rule(
     Every exponent is <= 0 (differences of float64 cumulative sums), so any g <= 0 is safe, and with unit
     keys and beta in [0, 2] the transitions are contractions, so any T is too.
     """
-    out_dtype = v.dtype
     G, q, k, scale, S = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     T, K = q.shape[1], q.shape[3]
     C = chunk_len(T, chunk_size)
@@ -138,4 +131,4 @@ def chunk_gated_delta_rule(
     A = torch.matmul(qc, kc.unsqueeze(3).transpose(-1, -2)) * D.unsqueeze(3)  # [B, Hk, N, G, C, C]
     o = torch.matmul(A, U.unsqueeze(3))
     o = o + torch.matmul((qc * gamma.unsqueeze(3)).flatten(3, 4), S_in).view(o.shape)
-    return from_chunks(o * scale, T).to(out_dtype), (S if output_final_state else None)
+    return from_chunks(o * scale, T).to(v.dtype), (S if output_final_state else None)

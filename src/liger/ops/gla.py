@@ -17,13 +17,11 @@ installed, `liger.ops.chunk_gla` dispatches to it instead (see `liger.ops.backen
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 
 from .backend import fla_gla, use_fla
-from .chunked import scan_chunks
+from .common import (check_qkv, check_shape, chunk_len, chunk_view, float32_op, from_chunks, initial, scan_chunks,
+                     to_chunks)
 
 Tensor = torch.Tensor
 
@@ -32,34 +30,19 @@ MAX_SPAN = 700  # largest |exponent| kept inside a chunk; float64 overflows at 7
 FLOAT32_SPAN = 40.0  # largest |b - r| for the float32 intra-chunk matmul (float32 overflows at e^88)
 
 
-def float32_op(fn):
-    """Run an op with autocast disabled: it casts to float32 itself, and autocast would lower its matmuls."""
-
-    @functools.wraps(fn)
-    def wrapper(q, *args, **kwargs):
-        with torch.autocast(q.device.type, enabled=False):
-            return fn(q, *args, **kwargs)
-
-    return wrapper
-
-
 def check_gla_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: Tensor | None) -> int:
-    """Validate shapes; return the query-group size G = Hq // Hk."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or g.dim() != 4:
-        raise ValueError("q, k, v, g must be 4-D time-first tensors [B, T, H, D]")
-    B, T, Hq, K = q.shape
-    Bk, Tk, Hk, Kk = k.shape
-    if (Bk, Tk, Kk) != (B, T, K) or g.shape != k.shape:
-        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, g {tuple(g.shape)}")
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"shape mismatch: v {tuple(v.shape)} vs k {tuple(k.shape)}")
-    if Hq % Hk:
-        raise ValueError(f"q has {Hq} heads, not a multiple of k's {Hk}")
-    if initial_state is not None and initial_state.shape != (B, Hk, K, v.shape[-1]):
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {(B, Hk, K, v.shape[-1])}, got {tuple(initial_state.shape)}"
-        )
-    return Hq // Hk
+    """Validate shapes (g as k, the state [B, Hk, K, V]); return the query-group size G = Hq // Hk."""
+    G = check_qkv(q, k, v, initial_state)
+    check_shape("g", g, k.shape)
+    return G
+
+
+def gated_chunk_len(T: int, chunk_size: int) -> int:
+    """`chunk_len` for the ops that floor their gates at -GATE_FLOOR inside a chunk: chunk_size may be at most
+    2 * MAX_SPAN // GATE_FLOOR, so that |b - r| <= C/2 * GATE_FLOOR stays within float64's range."""
+    if chunk_size > 2 * MAX_SPAN // GATE_FLOOR:
+        raise ValueError(f"chunk_size must be <= {2 * MAX_SPAN // GATE_FLOOR}")
+    return chunk_len(T, chunk_size)
 
 
 @float32_op
@@ -73,14 +56,13 @@ def fused_recurrent_gla(
     output_final_state: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token GLA (the decode path). Same signature and result as `chunk_gla`; O(T) sequential steps."""
-    G = check_gla_inputs(q, k, v, g, initial_state)
+    check_gla_inputs(q, k, v, g, initial_state)
     if use_fla(q):
         return fla_gla("recurrent", q, k, v, g, scale, initial_state, output_final_state)
-    B, T, Hq, K = q.shape
-    Hk, V = k.shape[2], v.shape[-1]
+    B, T, _, K = q.shape
     scale = K**-0.5 if scale is None else scale
     qf, kf, vf, gf = q.float(), k.float(), v.float(), g.float()
-    S = q.new_zeros(B, Hk, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    S = initial(initial_state, (B, k.shape[2], K, v.shape[-1]), q)
     outs = []
     for t in range(T):
         o, S = gla_step(S, qf[:, t], kf[:, t], vf[:, t], gf[:, t])
@@ -136,20 +118,15 @@ def chunk_gla(
     G = check_gla_inputs(q, k, v, g, initial_state)
     if use_fla(q):
         return fla_gla("chunk", q, k, v, g, scale, initial_state, output_final_state)
-    B, T, Hq, K = q.shape
+    B, T, _, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    if chunk_size > 2 * MAX_SPAN // GATE_FLOOR:
-        raise ValueError(f"chunk_size must be <= {2 * MAX_SPAN // GATE_FLOOR}")
-    C = min(chunk_size, max(16, 1 << (T - 1).bit_length()))
-    out_dtype = v.dtype
-    pad = (-T) % C
-    q, k, v, g = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)) if pad else x.float() for x in (q, k, v, g))
-    N = (T + pad) // C
+    C = gated_chunk_len(T, chunk_size)
 
     # b: the within-chunk cumulative log decay [B, Hk, N, C, K], r its value at the chunk's midpoint. In float32
     # first; when some |b - r| exceeds FLOAT32_SPAN, everything inside the chunks is redone in float64.
-    gc = g.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).clamp(min=-GATE_FLOOR)
+    gc = chunk_view(g.float(), C).clamp(min=-GATE_FLOOR)
+    N = gc.shape[2]
     inner = torch.float32
     b = gc.cumsum(-2)
     r = b[..., C // 2 - 1 : C // 2, :]  # [B, Hk, N, 1, K]
@@ -161,10 +138,10 @@ def chunk_gla(
         d = b - r
     # q_t exp(b_t - r) * scale, as [B, Hk, N, G * C, K]: the G query heads of a key head are rows of one matmul
     E = (d.exp() * scale).unsqueeze(3)
-    q_r = (q.view(B, N, C, Hk, G, K).permute(0, 3, 1, 4, 2, 5).to(inner) * E).reshape(B, Hk, N, G * C, K)
+    q_r = (chunk_view(q.float(), C, G).to(inner) * E).reshape(B, Hk, N, G * C, K)
     # k_s exp(r - b_s): not k / E, whose gradient holds 1 / E^2 (overflows)
-    k_r = k.view(B, N, C, Hk, K).permute(0, 3, 1, 2, 4).to(inner) * (-d).exp()
-    vc = _to(v.view(B, N, C, Hk, V).permute(0, 3, 1, 2, 4), torch.float32)  # [B, Hk, N, C, V]
+    k_r = chunk_view(k.float(), C).to(inner) * (-d).exp()
+    vc = to_chunks(v, C)  # float32 [B, Hk, N, C, V]
 
     # Between chunks: the state entering chunk n, S_n, reaches query t as q_t exp(b_t) S_n
     # = q_r,t (exp(r) * S_n): in float32 the factor exp(r) <= 1 goes on the [K, V] states, not every query.
@@ -172,7 +149,7 @@ def chunk_gla(
     k_out = (k_r * torch.exp(b_last - r)).float()  # k_s exp(b_C - b_s)
     U = torch.matmul(k_out.transpose(-1, -2), vc)  # [B, Hk, N, K, V]
     chunk_decay = b_last.exp().float().transpose(-1, -2)  # [B, Hk, N, K, 1]
-    S = q.new_zeros(B, Hk, K, V) if initial_state is None else initial_state.float()
+    S = initial(initial_state, (B, Hk, K, V), q)
     S_in, S = scan_chunks(U, chunk_decay, S)  # [B, Hk, N, K, V]
     if inner == torch.float32:
         o = torch.matmul(q_r, S_in * r.exp().float().transpose(-1, -2))  # [B, Hk, N, G * C, V]
@@ -187,10 +164,5 @@ def chunk_gla(
     A = A.tril_().float()
     o = o.view(-1, G * C, V).baddbmm_(A.view(-1, G * C, C), vc.view(-1, C, V))
 
-    o = o.view(B, Hk, N, G, C, V).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hq, V)[:, :T]
-    return o.to(out_dtype), (S if output_final_state else None)
-
-
-def _to(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """A contiguous copy of a (permuted) view in `dtype`, in one pass."""
-    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+    o = from_chunks(o.view(B, Hk, N, G, C, V), T)
+    return o.to(v.dtype), (S if output_final_state else None)

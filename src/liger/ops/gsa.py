@@ -22,24 +22,12 @@ from typing import Callable
 
 import torch
 
-from .chunked import (causal_mask, check_qkv, check_shape, chunk_len, from_chunks, initial, recurrent_outputs,
-                      scan_chunks, to_chunks)
-from .gla import GATE_FLOOR, MAX_SPAN, chunk_gla, float32_op, fused_recurrent_gla
+from .common import (causal_mask, check_qkv, check_shape, float32_op, from_chunks, prepare, recurrent_outputs,
+                     scan_chunks, to_chunks)
+from .gla import GATE_FLOOR, chunk_gla, fused_recurrent_gla, gated_chunk_len
 
 Tensor = torch.Tensor
 GSAState = tuple[Tensor, Tensor]
-
-
-def _prepare_vgla(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float | None, initial_state: Tensor | None
-) -> tuple[int, float, Tensor]:
-    """Validate; return G, the scale and the float32 starting state."""
-    G = check_qkv(q, k, v)
-    check_shape("g", g, v.shape)
-    B, Hk, K, V = k.shape[0], k.shape[2], k.shape[3], v.shape[3]
-    check_shape("initial_state", initial_state, (B, Hk, K, V))
-    scale = K**-0.5 if scale is None else scale
-    return G, scale, initial(initial_state, (B, Hk, K, V), q)
 
 
 @float32_op
@@ -54,7 +42,8 @@ def fused_recurrent_value_gated_gla(
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token value-gated GLA (decode path): S_t = S_{t-1} diag(exp(g_t)) + k_t^T v_t,
     o_t = scale q_t S_t, with g [B, T, Hk, V]. Same signature and result as `chunk_value_gated_gla`."""
-    _, scale, S = _prepare_vgla(q, k, v, g, scale, initial_state)
+    _, scale, S = prepare(q, k, v, scale, initial_state)
+    check_shape("g", g, v.shape)
     kf, vf, decay = k.float(), v.float(), g.float().exp()
 
     def step(S: Tensor, t: int) -> Tensor:
@@ -86,11 +75,10 @@ def chunk_value_gated_gla(
     e^-21). Between chunks every exponent is <= 0 (exp(b_t) on the way out of a state, exp(b_C - b_s) into
     it) and a scan carries the states.
     """
-    G, scale, S0 = _prepare_vgla(q, k, v, g, scale, initial_state)
-    if chunk_size > 2 * MAX_SPAN // GATE_FLOOR:
-        raise ValueError(f"chunk_size must be <= {2 * MAX_SPAN // GATE_FLOOR}")
+    G, scale, S0 = prepare(q, k, v, scale, initial_state)
+    check_shape("g", g, v.shape)
     T = q.shape[1]
-    C = chunk_len(T, chunk_size)
+    C = gated_chunk_len(T, chunk_size)
     qc = to_chunks(q, C, groups=G)  # [B, Hk, N, G, C, K]
     kc = to_chunks(k, C)  # [B, Hk, N, C, K]
     vc = to_chunks(v, C, torch.float64)  # [B, Hk, N, C, V]

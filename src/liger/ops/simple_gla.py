@@ -16,9 +16,8 @@ import math
 
 import torch
 
-from .chunked import (check_qkv, check_shape, chunk_len, from_chunks, initial, recurrent_outputs,
-                      scalar_decays, scan_chunks, to_chunks)
-from .gla import float32_op
+from .common import (check_shape, chunk_len, float32_op, from_chunks, prepare, recurrent_outputs, scalar_decays,
+                     scan_chunks, to_chunks)
 
 Tensor = torch.Tensor
 
@@ -41,19 +40,6 @@ def _gates(k: Tensor, g: Tensor | None, g_gamma: Tensor | None) -> Tensor:
     return g
 
 
-def _prepare(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, g_gamma: Tensor | None, scale: float | None,
-    initial_state: Tensor | None,
-) -> tuple[int, Tensor, float, Tensor]:
-    """Validate; return G, the gates [B, T, Hk], the scale and the float32 starting state."""
-    G = check_qkv(q, k, v)
-    g = _gates(k, g, g_gamma)
-    B, Hk, K, V = k.shape[0], k.shape[2], k.shape[3], v.shape[3]
-    check_shape("initial_state", initial_state, (B, Hk, K, V))
-    scale = K**-0.5 if scale is None else scale
-    return G, g, scale, initial(initial_state, (B, Hk, K, V), q)
-
-
 @float32_op
 def fused_recurrent_simple_gla(
     q: Tensor,
@@ -67,7 +53,8 @@ def fused_recurrent_simple_gla(
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token scalar-decay linear attention (the decode path); same signature and result as
     `chunk_simple_gla`. O(T) sequential steps."""
-    _, g, scale, S = _prepare(q, k, v, g, g_gamma, scale, initial_state)
+    _, scale, S = prepare(q, k, v, scale, initial_state)
+    g = _gates(k, g, g_gamma)
     kf, vf, decay = k.float(), v.float(), g.float().exp()
 
     def step(S: Tensor, t: int) -> Tensor:
@@ -98,7 +85,8 @@ def chunk_simple_gla(
     exp(b_t), the chunk's keys reach its end through exp(b_C - b_s), and states are carried by a scan over
     chunks. Every exponent is <= 0, so any finite g <= 0 and any T are safe.
     """
-    G, g, scale, S0 = _prepare(q, k, v, g, g_gamma, scale, initial_state)
+    G, scale, S0 = prepare(q, k, v, scale, initial_state)
+    g = _gates(k, g, g_gamma)
     T = q.shape[1]
     C = chunk_len(T, chunk_size)
     qc = to_chunks(q, C, groups=G)  # [B, Hk, N, G, C, K]

@@ -3,8 +3,8 @@ from a rolling cache of the last `window - 1` keys and values.
 
 Layout time-first: q [B, T, Hq, D], k and v [B, T, Hk, D] (grouped-query: Hq = G * Hk, query head h reads
 key/value head h // G). A query sees itself and the `window - 1` tokens before it, valid keys only
-(`key_valid` False marks padding); optional Gemma-2 logit soft-capping, cap * tanh(s / cap). Arithmetic in float32; output in v's dtype; a query with no valid key in
-its window gets 0, so padding never produces NaN.
+(`key_valid` False marks padding); optional Gemma-2 logit soft-capping, cap * tanh(s / cap). Arithmetic in
+float32; output in v's dtype; a query with no valid key in its window gets 0, so padding never produces NaN.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .gla import float32_op
+from .common import float32_op
 
 Tensor = torch.Tensor
 

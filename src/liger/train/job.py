@@ -16,7 +16,6 @@ included, runs on all ranks.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import shutil
@@ -28,15 +27,27 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_output_dir
+from ..arch import ARCHITECTURES, model_type
+from ..atomic import atomic_output_dir
 from ..config import LigerConfig
+from ..data import Corpus, load_corpus, pack
 from ..distributed.runtime import DEFAULT_TIMEOUT_S, ParallelContext, init_distributed
+from ..distributed.sequence import SequenceParallelLoss, check_sequence_parallel_model
+from ..distributed.sharding import full_state_dict, is_sharded, place_replicated, shard_frozen
 from ..errors import CheckpointError, ConfigError, DataError
+from ..evaluate.perplexity import perplexity as lm_perplexity
+from ..layer_scores import resolve_auto
 from ..models import load_model
-from ..arch import ARCHITECTURES
-from ..surgery import linearize, model_type
+from ..runinfo import header
+from ..surgery import linearize
 from .loop import Trainer, TrainConfig, read_checkpoint_state, resolve_precision
-from .recipes import build_stages, count_parameters, trainable_parameters
+from .recipes import Stage, build_stages, count_parameters, trainable_parameters
+from .report import loss_plot, report_markdown
+
+# Budgets of the main job on the bundled teacher, sized to finish within 30 minutes on a 2-core CPU (see
+# docs/RESULTS.md for what they reach): the token budget applies unless a step budget is given.
+DEFAULT_MAX_TOKENS = 300_000
+DEFAULT_MAX_MINUTES = 22.0
 
 
 @dataclass
@@ -81,9 +92,6 @@ def perplexity(model, blocks, par: ParallelContext | None = None, batch_size: in
     combined (the same number as one process, up to float rounding). On a sharded model (FSDP) every rank
     runs as many forward passes as the busiest one (extra passes are discarded): its all-gathers are
     collectives."""
-    from ..distributed.sharding import is_sharded
-    from ..evaluate.perplexity import perplexity as lm_perplexity
-
     if par is None or not par.distributed:
         return lm_perplexity(model, blocks, batch_size=batch_size)["perplexity"]
     mine = blocks[par.rank :: par.world]
@@ -107,8 +115,6 @@ def _log(msg: str, opts: JobOptions) -> None:
 
 
 def _load_data(opts: JobOptions, tok, teacher):
-    from ..data import load_corpus, pack
-
     corpus = load_corpus(opts.data, tokenizer=tok, model=teacher, seed=opts.train.seed)
     train = pack(corpus.train, tok, opts.seq_len)
     heldout = pack(corpus.heldout, tok, opts.seq_len)[: opts.eval_blocks]
@@ -148,11 +154,42 @@ def _check_fsdp(opts: JobOptions, par: ParallelContext) -> None:
 
 
 def _run(opts: JobOptions, par: ParallelContext) -> dict:
-    out = Path(opts.out).expanduser()
-    work = out.parent / (out.name + ".work")
     started = time.time()
     _check_sequence_parallel(opts)
     _check_fsdp(opts, par)
+    out, work = _prepare_work_folder(opts, par)
+    torch.manual_seed(opts.train.seed)
+    opts = _with_precision(opts, par)
+    model, tok, teacher = _load_models(opts, par)
+    with par.main_first("loading the data"):
+        corpus, train_blocks, heldout = _load_data(opts, tok, model)
+    par.check_same(train_blocks, "training data")
+    par.check_same(heldout, "held-out data")
+    _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
+    metrics_path = work / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    opts = _convert(model, opts, par, metrics, train_blocks, heldout)
+    if par.is_main:
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+    _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
+    model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks)
+    _log("held-out perplexity after training", opts)
+    metrics["student_ppl"] = perplexity(model, heldout, par)
+    report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
+    _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
+         f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
+    state = full_state_dict(model, par) if opts.fsdp else None  # every rank gathers the shards; rank 0 writes
+    if par.is_main:
+        _save(model, tok, out, work, report, opts, state)
+        shutil.rmtree(work, ignore_errors=True)
+    par.barrier("saving the output")
+    return report
+
+
+def _prepare_work_folder(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
+    """(output folder, work folder): a fresh work folder, or (--resume) the one holding the checkpoint."""
+    out = Path(opts.out).expanduser()
+    work = out.parent / (out.name + ".work")
     if opts.resume:
         if read_checkpoint_state(work) is None:
             raise CheckpointError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
@@ -164,12 +201,21 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
         for stale in work.parent.glob(f".{work.name}*.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     par.barrier("preparing the work folder")
+    return out, work
 
-    torch.manual_seed(opts.train.seed)
+
+def _with_precision(opts: JobOptions, par: ParallelContext) -> JobOptions:
+    """`opts` with precision "auto" resolved for this device."""
     precision = resolve_precision(opts.train.precision, par.device.type)
-    if precision != opts.train.precision:
-        _log(f"precision {opts.train.precision}: {precision} on this {par.device.type}", opts)
-        opts = dataclasses.replace(opts, train=dataclasses.replace(opts.train, precision=precision))
+    if precision == opts.train.precision:
+        return opts
+    _log(f"precision {opts.train.precision}: {precision} on this {par.device.type}", opts)
+    return dataclasses.replace(opts, train=dataclasses.replace(opts.train, precision=precision))
+
+
+def _load_models(opts: JobOptions, par: ParallelContext):
+    """(model, tokenizer, teacher): the model to convert, placed on this rank's device, and with --distill a
+    frozen second copy as the teacher (else None)."""
     _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
     with par.main_first("loading the model"):  # downloads and conversions happen once
         model, tok = load_model(opts.model, dtype=torch.float32, empty=opts.fsdp and not par.is_main)
@@ -180,121 +226,123 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
         for p in teacher.parameters():
             p.requires_grad_(False)
         place(teacher, opts, par)
-    with par.main_first("loading the data"):
-        corpus, train_blocks, heldout = _load_data(opts, tok, model)
-    par.check_same(train_blocks, "training data")
-    par.check_same(heldout, "held-out data")
-    _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
+    return model, tok, teacher
 
-    metrics_path = work / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+
+def _convert(model, opts: JobOptions, par: ParallelContext, metrics: dict, train_blocks, heldout) -> JobOptions:
+    """Linearize `model` in place, with the held-out perplexity before and after (kept in `metrics`, which a
+    resumed run brings); `--softmax-layers auto:N` is resolved on the first training blocks first. Returns
+    `opts` with the layers it chose."""
     if "teacher_ppl" not in metrics:
         _log("held-out perplexity of the teacher", opts)
         metrics["teacher_ppl"] = perplexity(model, heldout, par)
-    if opts.softmax_auto:  # resolve auto:N on the first training blocks (the scores are kept for --resume)
-        from ..layer_scores import SCORE_BLOCKS, batches_of, choose_softmax_layers
-
+    if opts.softmax_auto:  # the scores are kept for --resume
         if "layer_scores" not in metrics:
             _log(f"scoring the layers for --softmax-layers auto:{opts.softmax_auto}", opts)
-            liger_cfg, metrics["layer_scores"] = choose_softmax_layers(
-                model, batches_of(train_blocks[:SCORE_BLOCKS]), opts.liger, opts.softmax_auto)
-        else:
-            kept = tuple(s["layer"] for s in metrics["layer_scores"] if s["softmax"])
-            liger_cfg = dataclasses.replace(opts.liger, softmax_layers=kept)
+        liger_cfg, metrics["layer_scores"] = resolve_auto(model, opts.liger, opts.softmax_auto, train_blocks,
+                                                          metrics.get("layer_scores"))
         opts = dataclasses.replace(opts, liger=liger_cfg)
         _log(f"softmax layers chosen from data: {list(opts.liger.softmax_layers)}", opts)
     linearize(model, opts.liger)
     if opts.fsdp:  # the mixers' new parameters stay whole (they may train)
-        from ..distributed.sharding import place_replicated
-
         place_replicated(model, par.device)
     model.config.liger_teacher = opts.model
     if "converted_ppl" not in metrics:
         _log("held-out perplexity right after conversion", opts)
         metrics["converted_ppl"] = perplexity(model, heldout, par)
-    if par.is_main:
-        metrics_path.write_text(json.dumps(metrics, indent=2))
-    _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
+    return opts
 
-    if opts.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+
+def _stages(model, teacher, opts: JobOptions, par: ParallelContext):
+    """(stages of the recipe, the step context): under sequence parallelism every stage's loss is the
+    sequence-parallel one, whose context splits each micro-batch."""
     spec = ARCHITECTURES[model_type(model)]
     stages = build_stages(opts.recipe, spec, teacher, opts.distill_weight, opts.lr, opts.transfer_lr, opts.lora_r)
-    step_context = None
-    if par.sp > 1:
-        from ..distributed.sequence import SequenceParallelLoss, check_sequence_parallel_model
+    if par.sp <= 1:
+        return stages, None
+    check_sequence_parallel_model(model)
+    sp_loss = SequenceParallelLoss(opts.seq_len, par.sp_group)
+    return [dataclasses.replace(s, loss=sp_loss) for s in stages], sp_loss.context
 
-        check_sequence_parallel_model(model)
-        sp_loss = SequenceParallelLoss(opts.seq_len, par.sp_group)
-        stages = [dataclasses.replace(s, loss=sp_loss) for s in stages]
-        step_context = sp_loss.context
-    fingerprint = opts.fingerprint()
-    if par.distributed:
-        fingerprint["world_size"] = par.world  # the global batch and data shards depend on it
+
+def _resume_point(opts: JobOptions, par: ParallelContext, work: Path, fingerprint: dict) -> dict | None:
+    """The checkpoint to resume from (None: start from the beginning), checked against this run."""
     ckpt = read_checkpoint_state(work) if opts.resume else None
     made_with = (ckpt or {}).get("fingerprint", {}).get("world_size", 1)
     if ckpt and made_with != par.world:
         raise CheckpointError(f"the checkpoint in {work} was made by {made_with} process(es), this run has "
                               f"{par.world}; resume with the same number (torchrun --nproc-per-node ...), or "
                               "start over without --resume")
-    stage_names = [s.name for s in stages]
-    resume_at = stage_names.index(ckpt["stage"]) if ckpt else 0
+    return ckpt
+
+
+def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, train_blocks):
+    """Train the recipe's stages in turn (a stage finished before an interruption is restored, the one
+    interrupted resumes); returns (model, the stages' results, trained parameters)."""
+    if opts.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    stages, step_context = _stages(model, teacher, opts, par)
+    fingerprint = opts.fingerprint()
+    if par.distributed:
+        fingerprint["world_size"] = par.world  # the global batch and data shards depend on it
+    ckpt = _resume_point(opts, par, work, fingerprint)
+    resume_at = [s.name for s in stages].index(ckpt["stage"]) if ckpt else 0
     results, trained_params = [], 0
     for i, stage in enumerate(stages):
         model = stage.prepare(model)
         params = trainable_parameters(model)
         trained_params += count_parameters(params)
-        final_file = work / f"stage-{stage.name}.safetensors"
         if i < resume_at:  # finished before the interruption: restore its result
-            tensors = load_file(str(final_file))
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(tensors[n])
-            results.append(json.loads((work / f"stage-{stage.name}.json").read_text()))
+            results.append(_restore_stage(stage, params, work))
             model = stage.finish(model)
             continue
-        cfg = TrainConfig(**{**asdict(opts.train), "lr": stage.lr})
-        if stage.name == "attention_transfer" and opts.transfer_tokens:
-            cfg.max_tokens, cfg.max_steps = opts.transfer_tokens, None
-        trainer = Trainer(model, params, train_blocks, stage.loss, cfg, work, stage.name, fingerprint,
-                          show_progress=opts.progress, parallel=par, step_context=step_context)
-        done = False
-        if ckpt is not None and i == resume_at:
-            trainer.load_checkpoint()
-            done = ckpt["done"]
-            _log(f"resumed stage {stage.name} at step {trainer.step}", opts)
-        _log(f"stage {stage.name}: {count_parameters(params):,} trainable parameters, lr {cfg.lr:g}", opts)
-        res = trainer.run(done=done)
-        result = {"stage": stage.name, "steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 1),
-                  "stopped_by": res.stopped_by, "final_loss": res.final_loss, "lr": cfg.lr,
-                  "trainable_parameters": count_parameters(params)}
-        if par.is_main:
-            save_file({n: p.detach().contiguous() for n, p in params.items()}, str(final_file))
-            (work / f"stage-{stage.name}.json").write_text(json.dumps(result))
-        par.barrier(f"saving stage {stage.name}")
-        results.append(result)
+        trainer = Trainer(model, params, train_blocks, stage.loss, _stage_config(stage, opts), work, stage.name,
+                          fingerprint, show_progress=opts.progress, parallel=par, step_context=step_context)
+        results.append(_train_stage(trainer, stage, opts, par, work, ckpt if i == resume_at else None))
         model = stage.finish(model) if (opts.merge or stage.name != "lora") else model
+    return model, results, trained_params
 
-    _log("held-out perplexity after training", opts)
-    metrics["student_ppl"] = perplexity(model, heldout, par)
-    report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
-    _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
-         f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
-    state = None
-    if opts.fsdp:  # every rank takes part in gathering the shards; rank 0 writes them
-        from ..distributed.sharding import full_state_dict
 
-        state = full_state_dict(model, par)
+def _stage_config(stage: Stage, opts: JobOptions) -> TrainConfig:
+    cfg = TrainConfig(**{**asdict(opts.train), "lr": stage.lr})
+    if stage.name == "attention_transfer" and opts.transfer_tokens:
+        cfg.max_tokens, cfg.max_steps = opts.transfer_tokens, None
+    return cfg
+
+
+def _restore_stage(stage: Stage, params: dict, work: Path) -> dict:
+    """Copy a finished stage's trained tensors back into `params`; returns its result."""
+    tensors = load_file(str(work / f"stage-{stage.name}.safetensors"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n])
+    return json.loads((work / f"stage-{stage.name}.json").read_text())
+
+
+def _train_stage(trainer: Trainer, stage: Stage, opts: JobOptions, par: ParallelContext, work: Path,
+                 ckpt: dict | None) -> dict:
+    """Train one stage (from `ckpt`, the interrupted run's checkpoint of it, if any); save its trained tensors
+    and result to the work folder; returns the result."""
+    done = False
+    if ckpt is not None:
+        trainer.load_checkpoint()
+        done = ckpt["done"]
+        _log(f"resumed stage {stage.name} at step {trainer.step}", opts)
+    cfg, params = trainer.cfg, trainer.params
+    _log(f"stage {stage.name}: {count_parameters(params):,} trainable parameters, lr {cfg.lr:g}", opts)
+    res = trainer.run(done=done)
+    result = {"stage": stage.name, "steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 1),
+              "stopped_by": res.stopped_by, "final_loss": res.final_loss, "lr": cfg.lr,
+              "trainable_parameters": count_parameters(params)}
     if par.is_main:
-        _save(model, tok, out, work, report, opts, state)
-        shutil.rmtree(work, ignore_errors=True)
-    par.barrier("saving the output")
-    return report
+        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(work / f"stage-{stage.name}.safetensors"))
+        (work / f"stage-{stage.name}.json").write_text(json.dumps(result))
+    par.barrier(f"saving stage {stage.name}")
+    return result
 
 
-def _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, seconds) -> dict:
-    from ..bench.common import header
-
+def _report(opts: JobOptions, metrics: dict, results: list[dict], trained_params: int, corpus: Corpus, train_blocks,
+            heldout, seconds: float) -> dict:
     return {
         **header(),
         "model": opts.model,
@@ -323,8 +371,6 @@ def _report(opts, metrics, results, trained_params, corpus, train_blocks, heldou
 def place(model, opts: JobOptions, par: ParallelContext) -> None:
     """Put a loaded model on this rank's device: whole, or (--fsdp) its shards of it."""
     if opts.fsdp:
-        from ..distributed.sharding import shard_frozen
-
         shard_frozen(model, par, from_rank0=True)  # the other ranks loaded it empty
     else:
         model.to(par.device)
@@ -332,8 +378,6 @@ def place(model, opts: JobOptions, par: ParallelContext) -> None:
 
 def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions, state: dict | None = None) -> None:
     """Write the output folder (atomically); `state`: the full state dict of a sharded model."""
-    from .report import loss_plot, report_markdown
-
     with atomic_output_dir(out) as tmp:
         if hasattr(model, "peft_config"):  # --no-merge: the linearized base model plus the adapter
             model.save_pretrained(tmp / "adapter")

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,28 +31,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir
+from ..atomic import atomic_output_dir
 from ..distributed.runtime import ParallelContext, current_context
 from ..errors import CheckpointError, ConfigError
+from ..runinfo import CPUINFO, cpu_flags
 
 Tensor = torch.Tensor
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+SCHEDULES = ("cosine", "constant")
+ADAM_BETAS = (0.9, 0.95)
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512_BF16 / AMX-BF16; Arm's BF16 ("Features")
 
 
-def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); empty where unreadable."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    return {f for line in text.splitlines() if line.startswith(("flags", "Features")) and ":" in line
-            for f in line.split(":", 1)[1].split()}
-
-
-def resolve_precision(precision: str, device_type: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+def resolve_precision(precision: str, device_type: str, cpuinfo: str | os.PathLike = CPUINFO) -> str:
     """"bf16" or "fp32" for `precision` ("auto" picks bf16 where it speeds training up: a CUDA GPU with bf16,
     or a CPU with bf16 matrix units; elsewhere bf16 is emulated and measured 3-4x slower than fp32, see
     docs/PERFORMANCE.md)."""
@@ -83,7 +76,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
+        if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
@@ -201,7 +194,7 @@ class Trainer:
         decay = [p for n, p in params.items() if p.dim() >= 2]
         no_decay = [p for n, p in params.items() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=ADAM_BETAS)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.show_progress = show_progress and self.par.is_main
         self.on_step: Callable[[int], None] | None = None  # test hook, called after each step's checkpoint
@@ -286,10 +279,6 @@ class Trainer:
     def _autocast(self):
         dev = next(iter(self.params.values())).device.type
         return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
-
-    def batches(self) -> Iterator[Tensor]:
-        while True:
-            yield self.data.next(self.cfg.batch_size, self.par.replica, self.par.replicas)
 
     def _micro_step(self, batch: Tensor) -> tuple[float, dict[str, float]]:
         """Forward and backward of one micro-batch (gradients accumulate); returns its loss and metrics."""

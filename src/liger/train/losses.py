@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..mixers import LigerAttention
+
 Tensor = torch.Tensor
 
 
@@ -37,8 +39,6 @@ def attention_transfer_loss(model: nn.Module, batch: Tensor) -> tuple[Tensor, di
     """Sum over linearized layers of the MSE between each mixer's output and the softmax attention's
     (both before o_proj), every layer fed the teacher's inputs. Needs the mixers in transfer mode
     (`liger.train.recipes.transfer_mode`), where each returns the softmax output and records its error."""
-    from ..mixers import LigerAttention
-
     model(input_ids=batch, use_cache=False)
     errors = [m.transfer_loss for m in model.modules() if isinstance(m, LigerAttention) and m.transfer_loss is not None]
     loss = torch.stack(errors).sum()

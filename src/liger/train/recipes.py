@@ -16,12 +16,15 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
+from ..distributed.sharding import is_sharded, merge_lora_sharded
 from ..errors import ConfigError
 from ..mixers import LigerAttention
 from .losses import DistillLoss, attention_transfer_loss, next_token_loss
-from .loop import LossFn
+from .loop import LossFn, TrainConfig
 
 RECIPES = ("liger", "lolcats")
+LORA_LR = TrainConfig.lr  # the LoRA stages' default learning rate (1e-3)
+TRANSFER_LR = 1e-2  # lolcats attention transfer's default learning rate
 
 
 @dataclass
@@ -44,7 +47,7 @@ def freeze(model: nn.Module) -> None:
 
 def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) -> nn.Module:
     """Wrap `model` with peft LoRA adapters on the modules named `targets` (only those train)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # imported on first use: peft takes a second to import
 
     freeze(model)
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
@@ -58,8 +61,6 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the LoRA adapters into the weights and remove them (sharded weights: each rank its own rows)."""
-    from ..distributed.sharding import is_sharded, merge_lora_sharded
-
     if not hasattr(model, "merge_and_unload"):
         return model
     return merge_lora_sharded(model) if is_sharded(model) else model.merge_and_unload()
@@ -97,21 +98,21 @@ def build_stages(recipe: str, spec: ArchSpec, teacher: nn.Module | None, distill
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     ce: LossFn = DistillLoss(teacher, distill_weight) if distill_weight > 0 else next_token_loss
 
-    def lora(targets: list[str], default_lr: float) -> Stage:
+    def lora(targets: list[str]) -> Stage:
         return Stage(
             name="lora",
-            lr=lr or default_lr,
+            lr=lr or LORA_LR,
             prepare=lambda m: add_lora(m, targets, r=lora_r, alpha=2 * lora_r),
             loss=ce,
             finish=merge_lora,
         )
 
     if recipe == "liger":
-        return [lora(spec.lora_targets("qkv"), 1e-3)]
+        return [lora(spec.lora_targets("qkv"))]
     return [
-        Stage("attention_transfer", transfer_lr or 1e-2, _attention_transfer_prepare, attention_transfer_loss,
+        Stage("attention_transfer", transfer_lr or TRANSFER_LR, _attention_transfer_prepare, attention_transfer_loss,
               _attention_transfer_finish),
-        lora(spec.lora_targets("qkvo"), 1e-3),
+        lora(spec.lora_targets("qkvo")),
     ]
 
 

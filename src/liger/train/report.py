@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..layer_scores import scores_markdown
+from ..plotting import pyplot, save_figure
+
 
 def loss_plot(log_path: str | Path, png_path: str | Path) -> None:
     """Training loss against tokens, one line per stage, from a train_log.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     stages = list(dict.fromkeys(r["stage"] for r in records))
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
@@ -29,9 +28,7 @@ def loss_plot(log_path: str | Path, png_path: str | Path) -> None:
         ax.set_title(f"stage: {stage}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def report_markdown(r: dict, has_plot: bool) -> str:
@@ -62,8 +59,6 @@ def report_markdown(r: dict, has_plot: bool) -> str:
         lines.append(f"| {s['stage']} | {s['steps']} | {s['tokens']:,} | {s['seconds'] / 60:.1f} | {s['lr']:g} | "
                      f"{s['stopped_by']} | {loss} |")
     if r.get("layer_scores"):  # --softmax-layers auto:N
-        from ..layer_scores import scores_markdown
-
         lines += ["", "Per-layer scores for `--softmax-layers auto:N` (the N layers with the largest attention-"
                   "transfer MSE stay softmax; linearity: Procrustes similarity of the layer's input and output):",
                   "", scores_markdown(r["layer_scores"])]

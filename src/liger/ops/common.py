@@ -1,13 +1,14 @@
-"""Helpers shared by the chunkwise-parallel ops of simple_gla, gsa and delta: shape checks, cutting a
-time-first sequence into chunks and back, within-chunk decay matrices for per-head (scalar) gates, the scan
-that carries a state from chunk to chunk, and the token-by-token loop of the decode paths.
+"""What the ops share: the float32 wrapper, the input checks, cutting a time-first sequence into chunks and
+back, within-chunk decay matrices for per-head (scalar) gates, the scan that carries a state from chunk to
+chunk, the token-by-token loop of the decode paths, and the head expansion of the float64 references.
 
 Chunked layout: [B, H, N, C, D] (N chunks of C tokens, zero-padded at the end), with query groups as a
-separate axis [B, Hk, N, G, C, D] (query head h reads key/value head h // G, as in liger.ops.gla).
+separate axis [B, Hk, N, G, C, D] (query head h reads key/value head h // G).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -16,8 +17,23 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> int:
-    """Validate q [B, T, Hq, K], k [B, T, Hk, K], v [B, T, Hk, V]; return the query-group size G = Hq // Hk."""
+def float32_op(fn):
+    """Run an op with autocast disabled: it casts to float32 itself, and autocast would lower its matmuls."""
+
+    @functools.wraps(fn)
+    def wrapper(q, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
+# Input checks
+
+
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, initial_state: Tensor | None = None) -> int:
+    """Validate q [B, T, Hq, K], k [B, T, Hk, K], v [B, T, Hk, V] and, if given, a state [B, Hk, K, V];
+    return the query-group size G = Hq // Hk."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be 4-D time-first tensors [B, T, H, D]")
     B, T, Hq, K = q.shape
@@ -25,6 +41,7 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> int:
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if Hq % k.shape[2]:
         raise ValueError(f"q has {Hq} heads, not a multiple of k's {k.shape[2]}")
+    check_shape("initial_state", initial_state, (B, k.shape[2], K, v.shape[3]))
     return Hq // k.shape[2]
 
 
@@ -34,15 +51,35 @@ def check_shape(name: str, x: Tensor | None, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
+def prepare(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None, initial_state: Tensor | None
+) -> tuple[int, float, Tensor]:
+    """Validate q, k, v and initial_state (`check_qkv`); return G, the scale (K ** -0.5 unless given) and the
+    float32 starting state [B, Hk, K, V]."""
+    G = check_qkv(q, k, v, initial_state)
+    B, _, Hk, K = k.shape
+    scale = K**-0.5 if scale is None else scale
+    return G, scale, initial(initial_state, (B, Hk, K, v.shape[3]), q)
+
+
+def initial(state: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The float32 starting state: `state` in float32, or zeros of `shape` on `like`'s device."""
+    if state is None:
+        return like.new_zeros(shape, dtype=torch.float32)
+    return state.float()
+
+
+# Chunks
+
+
 def chunk_len(T: int, chunk_size: int) -> int:
     """The chunk length used for T tokens: `chunk_size`, or a smaller power of two (>= 16) for short inputs."""
     return min(chunk_size, max(16, 1 << (T - 1).bit_length()))
 
 
-def to_chunks(x: Tensor, C: int, dtype: torch.dtype = torch.float32, groups: int | None = None) -> Tensor:
-    """[B, T, H, *D] -> contiguous [B, H, N, C, *D] in `dtype`, zero-padded to N * C tokens.
-
-    With `groups` = G, x has H = Hk * G heads and the result is [B, Hk, N, G, C, *D]."""
+def chunk_view(x: Tensor, C: int, groups: int | None = None) -> Tensor:
+    """[B, T, H, *D] -> [B, H, N, C, *D] zero-padded to N * C tokens: a permuted view (of the padded copy when
+    T is not a multiple of C). With `groups` = G, x has H = Hk * G heads and the result is [B, Hk, N, G, C, *D]."""
     B, T, H = x.shape[:3]
     rest = x.shape[3:]
     pad = (-T) % C
@@ -50,9 +87,17 @@ def to_chunks(x: Tensor, C: int, dtype: torch.dtype = torch.float32, groups: int
         x = F.pad(x, (0, 0) * len(rest) + (0, 0, 0, pad))
     N = (T + pad) // C
     if groups is None:
-        x = x.view(B, N, C, H, *rest).permute(0, 3, 1, 2, *range(4, 4 + len(rest)))
-    else:
-        x = x.view(B, N, C, H // groups, groups, *rest).permute(0, 3, 1, 4, 2, *range(5, 5 + len(rest)))
+        return x.view(B, N, C, H, *rest).permute(0, 3, 1, 2, *range(4, 4 + len(rest)))
+    return x.view(B, N, C, H // groups, groups, *rest).permute(0, 3, 1, 4, 2, *range(5, 5 + len(rest)))
+
+
+def to_chunks(x: Tensor, C: int, dtype: torch.dtype = torch.float32, groups: int | None = None) -> Tensor:
+    """`chunk_view` as a contiguous tensor in `dtype`."""
+    return contiguous(chunk_view(x, C, groups), dtype)
+
+
+def contiguous(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of a (permuted) view in `dtype`, in one pass."""
     return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
@@ -94,6 +139,9 @@ def scan_chunks(U: Tensor, decay: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(entering, 2), S
 
 
+# Token by token
+
+
 def recurrent_outputs(q: Tensor, S: Tensor, step: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
     """The token-by-token loop of the decode paths: S_t = step(S_{t-1}, t), o_t = q_t S_t (unscaled).
 
@@ -109,8 +157,15 @@ def recurrent_outputs(q: Tensor, S: Tensor, step: Callable[[Tensor, int], Tensor
     return torch.stack(outs, 1).reshape(B, T, Hq, S.shape[-1]), S
 
 
-def initial(state: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """The float32 starting state: `state` in float32, or zeros of `shape` on `like`'s device."""
-    if state is None:
-        return like.new_zeros(shape, dtype=torch.float32)
-    return state.float()
+# For the float64 references (the *_naive modules)
+
+
+def per_query_head(q: Tensor, *kv: Tensor) -> tuple[int, list[Tensor]]:
+    """G = Hq // Hk and [q, *kv] in float64, the key-side heads repeated G times (query head h <- h // G)."""
+    G = q.shape[2] // kv[0].shape[2]
+    return G, [q.double()] + [x.double().repeat_interleave(G, dim=2) for x in kv]
+
+
+def naive_start(state: Tensor | None, G: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An initial state [B, Hk, ...] repeated for the query heads [B, Hq, ...] in float64, or zeros of `shape`."""
+    return like.new_zeros(shape, dtype=torch.float64) if state is None else state.double().repeat_interleave(G, 1)

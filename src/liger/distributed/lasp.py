@@ -1,4 +1,4 @@
-"""LASP-2 sequence parallelism for the linear mixers, on plain torch.distributed (gloo or nccl).
+"""LASP-2 sequence parallelism for the linear recurrences, on plain torch.distributed (gloo or nccl).
 
 Each rank of a process group holds one contiguous slice of every sequence, rank 0 first: time-first
 [B, T_r, H, D], with slices that may differ in length (`lengths`, known to every rank). B and the head
@@ -20,7 +20,7 @@ For GLA that is o_t += scale * (q_t * exp(b_t)) S_in(r), b_t the cumulative log 
 a second pass from S_in(r) with zero values (`chunk_gated_delta_rule_sp`). GSA is two such recurrences with
 a per-token softmax between them (`chunk_gsa_sp`: two all-gathers).
 
-Token-local context comes as a halo: `preceding_tokens` all-gathers every rank's last n tokens (fixed
+Token-local context comes as a halo: `preceding_tokens` (liger.distributed.collectives) all-gathers every rank's last n tokens (fixed
 size) and assembles the n before this rank's slice from the earlier ranks (several of them when slices are
 short). The window branch takes its `window - 1` (RoPE'd) keys, values and validity flags this way
 (`window_halo`, passed to the window op as `past`); LAWCAT's short convolution its last inputs.
@@ -29,10 +29,9 @@ All collectives are differentiable (`all_gather_differentiable`: all-gather forw
 backward), and every rank builds the same autograd graph (rank 0 multiplies the gathered tensors by zero
 weights rather than skipping them), so the backward collectives match across ranks.
 
-Inside a model, `sequence_parallel(lengths, group)` makes the mixers use these ops: they ask `current()` (a
-module global, so it is also seen by the autograd threads that recompute activations under gradient
-checkpointing: keep the backward inside the `with` block). The caller feeds each rank its slice with global
-position ids (`liger.distributed.sequence_parallel_forward` does all of this). Supported: every linear
+Inside a model, `liger.distributed.context.sequence_parallel(lengths, group)` makes the mixers use these
+ops through `current()`. The caller feeds each rank its slice with global position ids
+(`liger.distributed.sequence.sequence_parallel_forward` does all of this). Supported: every linear
 mixer (gla, hgrn2, simple_gla, retention, gsa, gated_deltanet, lolcats, lawcat) with or without the window
 branch, no cache. Layers kept as softmax attention gather every key and value instead
 (`liger.distributed.softmax_layers`, which reads `valid`, the whole sequences' padding mask). Not supported:
@@ -41,55 +40,17 @@ generation caches.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-
+from collections.abc import Sequence
 from functools import partial
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
-from .delta import chunk_gated_delta_rule
-from .gla import GATE_FLOOR, chunk_gla, float32_op
-from .gsa import GSAState, chunk_value_gated_gla, gsa_passes
+from ..ops import GATE_FLOOR, GSAState, chunk_gated_delta_rule, chunk_gla, chunk_value_gated_gla, float32_op, gsa_passes
+from .collectives import all_gather_differentiable, preceding_tokens
 
 Tensor = torch.Tensor
-
-# torch >= 2.12 renamed all_gather_into_tensor / reduce_scatter_tensor (the old names warn).
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
-
-class _AllGather(torch.autograd.Function):
-    """[*shape] on each of P ranks -> [P, *shape] on every rank; backward sums the P ranks' gradients of
-    slot r into rank r's input (a reduce-scatter)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        ctx.group = group
-        world = dist.get_world_size(group)
-        flat = x.contiguous().view(-1)
-        out = flat.new_empty(world * flat.numel())
-        _all_gather_single(out, flat, group=group)
-        return out.view(world, *x.shape)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        flat = grad.contiguous().view(-1)
-        out = flat.new_empty(flat.numel() // grad.shape[0])
-        _reduce_scatter_single(out, flat, op=dist.ReduceOp.SUM, group=ctx.group)
-        return out.view(grad.shape[1:]), None
-
-
-def all_gather_differentiable(x: Tensor, group=None) -> Tensor:
-    """All-gather of a same-shaped tensor from every rank of `group`: [P, *x.shape], rank order.
-
-    Differentiable (backward: reduce-scatter of the gradients, so d(loss on all ranks)/dx is exact). Works
-    over gloo and nccl. Every rank must call it, in the same order as the others, forward and backward."""
-    return _AllGather.apply(x, group)
 
 
 def lasp2_states(
@@ -190,6 +151,21 @@ def chunk_gla_sp(
     return _gated_sp(chunk_gla, True, q, k, v, g, scale, initial_state, output_final_state, group)
 
 
+def chunk_simple_gla_sp(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    group=None,
+) -> tuple[Tensor, Tensor | None]:
+    """`chunk_simple_gla` (one log decay per head and token, g [B, T_r, Hk]) of a sequence split over the ranks
+    of `group`: `chunk_gla_sp` with the head's decay on every key channel (the same recurrence)."""
+    return chunk_gla_sp(q, k, v, g.unsqueeze(-1).expand_as(k), scale, initial_state, output_final_state, group)
+
+
 @float32_op
 def chunk_value_gated_gla_sp(
     q: Tensor,
@@ -260,24 +236,6 @@ def chunk_gated_delta_rule_sp(
     return (o.float() + o_in.float()).to(v.dtype), final
 
 
-def preceding_tokens(x: Tensor, n: int, lengths: Sequence[int], group=None) -> Tensor:
-    """The `n` tokens of the whole sequence just before this rank's slice: float32 [B, n, F] from this
-    rank's x [B, T_r, F] (zeros where the sequence has fewer than n tokens before the slice; from several
-    earlier ranks when their slices are short). One all-gather of B * n * F values; differentiable."""
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    B, T, F = x.shape
-    mine = x.float()[:, -n:]  # this rank's last min(T, n) tokens
-    mine = torch.nn.functional.pad(mine, (0, 0, n - mine.shape[1], 0))  # left-padded to n
-    gathered = all_gather_differentiable(mine, group)  # [P, B, n, F]
-    flat = gathered.permute(1, 0, 2, 3).reshape(B, world * n, F)
-    # Positions (in `flat`) of the real tokens of ranks 0..rank-1, in sequence order; keep the last n.
-    idx = [j * n + i for j in range(rank) for i in range(n - min(lengths[j], n), n)][-n:]
-    idx = [-1] * (n - len(idx)) + idx
-    index = torch.tensor(idx, device=x.device)
-    out = flat.index_select(1, index.clamp(min=0))  # rank 0: all slots absent, still from `gathered`
-    return out * (index >= 0)[None, :, None].to(out.dtype)
-
-
 def window_halo(
     k: Tensor,
     v: Tensor,
@@ -304,96 +262,3 @@ def window_halo(
     halo = preceding_tokens(mine, L, lengths, group).view(B, L, Hk, Dk + Dv + 1)
     halo_valid = halo[:, :, 0, -1] > 0.5  # absent slots are zeros: invalid
     return halo[..., :Dk], halo[..., Dk : Dk + Dv], halo_valid
-
-
-@dataclass(frozen=True)
-class SequenceParallel:
-    """The sequence split in force: `lengths[r]` tokens of every sequence on rank r of `group`."""
-
-    group: object
-    rank: int
-    world: int
-    lengths: tuple[int, ...]
-    valid: Tensor | None = None  # bool [B, T]: the whole sequences' padding mask (True = a real token), or None
-
-    @property
-    def start(self) -> int:
-        """Global position of this rank's first token."""
-        return sum(self.lengths[: self.rank])
-
-    @property
-    def total(self) -> int:
-        return sum(self.lengths)
-
-    def _check_length(self, T: int) -> None:
-        if T != self.lengths[self.rank]:
-            raise ConfigError(
-                f"rank {self.rank} got {T} tokens but the sequence-parallel split gives it "
-                f"{self.lengths[self.rank]} (lengths {list(self.lengths)}); feed each rank its own slice"
-            )
-
-    def _no_cache(self, T: int, cached=None, want_state: bool = False) -> None:
-        """Check a T-token call: this rank's slice, no cached state or window passed in, none asked back."""
-        if cached is not None or want_state:
-            raise ConfigError("sequence parallelism runs without a generation cache: call the model with "
-                              "use_cache=False")
-        self._check_length(T)
-
-    def chunk_gla(self, q, k, v, g, scale=None, initial_state=None, output_final_state=False):
-        """The mixers' GLA call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state)
-        return chunk_gla_sp(q, k, v, g, scale=scale, group=self.group)
-
-    def chunk_gsa(self, q, k, v, s, g, scale=None, initial_state=None, output_final_state=False):
-        """The `gsa` mixer's call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state)
-        return chunk_gsa_sp(q, k, v, s, g, scale=scale, group=self.group)
-
-    def chunk_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
-        """The `gated_deltanet` mixer's call under sequence parallelism (no generation cache)."""
-        self._no_cache(q.shape[1], initial_state, output_final_state)
-        return chunk_gated_delta_rule_sp(q, k, v, g, beta, scale=scale, group=self.group)
-
-    def halo(self, k, v, key_valid, window, past=None):
-        """`past` for the window branch: the `window - 1` keys/values before this rank's slice."""
-        self._no_cache(k.shape[1], past)
-        return window_halo(k, v, key_valid, window, self.lengths, self.group)
-
-    def preceding(self, x: Tensor, n: int) -> Tensor:
-        """The n tokens before this rank's slice of x [B, T_r, F] (float32 [B, n, F]; see `preceding_tokens`),
-        e.g. a short convolution's inputs from the previous rank."""
-        self._check_length(x.shape[1])
-        return preceding_tokens(x, n, self.lengths, self.group)
-
-
-_ACTIVE: list[SequenceParallel] = []
-
-
-def current() -> SequenceParallel | None:
-    """The sequence split the mixers must follow now, or None (ordinary single-process computation)."""
-    return _ACTIVE[-1] if _ACTIVE else None
-
-
-@contextlib.contextmanager
-def sequence_parallel(lengths: Sequence[int], group=None, valid: Tensor | None = None) -> Iterator[SequenceParallel]:
-    """Within this block, the linearized mixers treat their inputs as this rank's slice of sequences split
-    over `group` (default: the whole world) with `lengths[r]` tokens on rank r (every rank >= 1 token).
-
-    The caller gives each rank its slice and global position ids (slice start + arange). Keep the backward
-    inside the block when activations are recomputed (gradient checkpointing). valid: the whole sequences'
-    padding mask (bool [B, sum(lengths)]), needed by layers kept as softmax attention when there is padding."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise ConfigError("sequence parallelism needs an initialised torch.distributed process group "
-                          "(launch with torchrun; see docs/SCALING.md)")
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    lengths = tuple(int(n) for n in lengths)
-    if len(lengths) != world or min(lengths) < 1:
-        raise ConfigError(f"sequence-parallel lengths {list(lengths)} must give each of the {world} ranks "
-                          "at least one token")
-    if valid is not None and valid.shape[-1] != sum(lengths):
-        raise ConfigError(f"the padding mask covers {valid.shape[-1]} tokens, the split {sum(lengths)}")
-    _ACTIVE.append(SequenceParallel(group, rank, world, lengths, None if valid is None else valid.bool()))
-    try:
-        yield _ACTIVE[-1]
-    finally:
-        _ACTIVE.pop()

@@ -5,8 +5,10 @@
 - q, k, v come from the host attention's own projections (and its per-head q/k norms, if it has them), so
   the module adds no parameters and copies no weights; its attributes carry the host's names, so state-dict
   keys and LoRA target names are unchanged.
-- phi = softmax over the head dimension; gate g = logsigmoid(k) / gate_normalizer per key channel (the
-  pooling of Liger-GLA is the identity); the linear branch has no RoPE and scale 1, as in the Liger paper.
+- The mixer's core (`core`, one per `LigerConfig.mixer`, see liger.mixers.registry) receives q, k, v and,
+  as explicit arguments, the host's rotary embedding, attention scale and soft-capping. For Liger-GLA,
+  phi = softmax over the head dimension and the gate g = logsigmoid(k) / gate_normalizer per key channel;
+  the linear branch has no RoPE and scale 1, as in the Liger paper.
 - SWA: softmax attention with the host's RoPE and scaling over the last `window` tokens (`window=0`: no
   window branch, pure gated linear attention).
 - Grouped-query heads are read in place (liger.ops handle Hq = G * Hk): no repeat of k/v weights or states.
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,7 @@ from ..arch import ArchSpec
 from ..cache import liger_layer
 from ..config import LigerConfig
 from ..ops import window_attention
+from .registry import build_core
 
 Tensor = torch.Tensor
 
@@ -48,8 +52,6 @@ class LigerAttention(nn.Module):
         self.host_window = getattr(attn, "sliding_window", None)  # the host's own window (Gemma, Mistral)
         self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.is_causal = True
-        from .cores import build_core
-
         self.core = build_core(config, self.num_heads, self.num_kv_heads, self.head_dim)
         # Attention transfer (LoLCATs stage 1): output the softmax attention, record the mixer's MSE to it.
         self.transfer = False
@@ -60,8 +62,13 @@ class LigerAttention(nn.Module):
         return list(self.core.parameters())
 
     def rope(self, q: Tensor, k: Tensor, position_embeddings) -> tuple[Tensor, Tensor]:
+        """The host's rotary embedding of q and k [B, T, H, D] at the positions of `position_embeddings`."""
         cos, sin = position_embeddings
         return self.apply_rope(q, k, cos, sin, unsqueeze_dim=2)
+
+    def fixed_cache_nbytes(self, dtype: torch.dtype) -> int:
+        """Cache bytes of one sequence (state and window, at any context length) with keys/values in `dtype`."""
+        return self.core.fixed_cache_nbytes(torch.empty((), dtype=dtype).element_size())
 
     def extra_repr(self) -> str:
         c = self.liger
@@ -99,7 +106,8 @@ class LigerAttention(nn.Module):
         q, k, v = self.project(hidden_states)
         valid = None if liger_valid is None else liger_valid[:, -T:]
         cache = liger_layer(model_cache, self.layer_idx) if model_cache is not None else None
-        o = self.core(self, q, k, v, position_embeddings, valid, cache)
+        o = self.core(q, k, v, rope=partial(self.rope, position_embeddings=position_embeddings), scale=self.scaling,
+                      softcap=self.softcap, valid=valid, cache=cache)
         if self.transfer:
             target = self.softmax_attention(q, k, v, position_embeddings)
             self.transfer_loss = F.mse_loss(o.float(), target.float())

@@ -1,11 +1,11 @@
-"""`liger eval`: the command line of liger.evaluate.runner."""
+"""`liger eval`: the flags of liger.evaluate.runner."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from ..errors import ConfigError
+from ..evaluate.runner import DEFAULT_SECTIONS, QUICK, SECTIONS, EvalOptions, run_eval
+from .flags import comma_list, explicit_command, floats, ints, listed
 
 DESCRIPTION = """\
 Compare a liger checkpoint with its teacher on the same inputs and write eval.json, eval.md and PNG plots to
@@ -16,24 +16,10 @@ Runtime on a 2-core CPU with the 135M bundled teacher: --quick about 5-10 minute
 an hour, most of it the efficiency section at 4,096-8,192 tokens and batch 8 (progress bars show each part).
 """
 
-
-def _ints(flag: str, text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated whole numbers such as 512,1024; got {text!r}") from None
-
-
-def _floats(flag: str, text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated numbers such as 0,0.5,1; got {text!r}") from None
+E = EvalOptions  # the defaults; QUICK: those of --quick
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .runner import SECTIONS
-
     p = sub.add_parser(
         "eval", help="teacher and linearized model side by side (quality, recall, speed, memory)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,73 +39,65 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "with `lm-eval ls tasks`")
     p.add_argument("--lm-eval-limit", type=int, default=None, metavar="N",
                    help="at most N examples per lm-eval task (default: all)")
-    p.add_argument("--data", default="builtin",
+    p.add_argument("--data", default=E.data,
                    help="source of the held-out text: builtin (default, offline), a local file or folder, a saved "
                    "dataset or hub id, as for `liger linearize --data`; only its held-out split is used")
-    p.add_argument("--seq-len", type=int, default=None, help="held-out block length in tokens (default 512)")
-    p.add_argument("--blocks", type=int, default=None, help="number of held-out blocks (default 24; --quick 8)")
-    p.add_argument("--items", type=int, default=None,
-                   help="items per zero-shot task (default 100; --quick 40)")
-    p.add_argument("--recall-lengths", default=None, metavar="L,L",
-                   help="passkey context lengths in tokens (default 512,1024,2048,4096,8192; --quick 256,512,1024; "
-                   "the default is capped at the model's max_position_embeddings)")
-    p.add_argument("--depths", default=None, metavar="D,D",
-                   help="passkey needle depths in [0, 1] (default 0,0.25,0.5,0.75,1; --quick 0,0.5,1)")
-    p.add_argument("--passkey-samples", type=int, default=None, metavar="N",
-                   help="passkeys per (length, depth) cell (default 1)")
-    p.add_argument("--mqar-pairs", default=None, metavar="N,N",
-                   help="MQAR key-value pair counts (default 4,8,16,32; --quick 4,8)")
-    p.add_argument("--lengths", default=None, metavar="L,L",
-                   help="efficiency context lengths (default 512,1024,2048,4096,8192, capped at the model's limit; "
-                   "--quick 256,512,1024)")
-    p.add_argument("--batch-sizes", default=None, metavar="B,B",
-                   help="efficiency batch sizes (default 1,8; --quick 1,2)")
-    p.add_argument("--decode-tokens", type=int, default=None, metavar="N",
-                   help="decode steps timed after each prefill (default 8; --quick 4)")
-    p.add_argument("--batch-size", type=int, default=4,
-                   help="batch size when scoring lm, tasks and lm-eval (default 4)")
+    _add_size_args(p)
+    p.add_argument("--batch-size", type=int, default=E.batch_size,
+                   help=f"batch size when scoring lm, tasks and lm-eval (default {E.batch_size})")
     p.add_argument("--quick", action="store_true", help="small sizes for a first look (explicit flags still win)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the task items, passkeys, MQAR pairs and efficiency inputs (default 0); the same "
-                   "seed gives the same quality numbers")
+    p.add_argument("--seed", type=int, default=E.seed,
+                   help=f"seed of the task items, passkeys, MQAR pairs and efficiency inputs (default {E.seed}); the "
+                   "same seed gives the same quality numbers")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_eval, parser=p)
 
 
-def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """`liger eval` with every flag whose value differs from its default: the exact command, reproducible."""
-    parts = ["liger", "eval"]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest, action.default)
-        if value == action.default:
-            continue
-        flag = action.option_strings[-1]
-        parts += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
+def _add_size_args(p: argparse.ArgumentParser) -> None:
+    """The sizes: None (the default) leaves EvalOptions' value, or with --quick QUICK's."""
+    p.add_argument("--seq-len", type=int, default=None, help=f"held-out block length in tokens (default {E.seq_len})")
+    p.add_argument("--blocks", type=int, default=None,
+                   help=f"number of held-out blocks (default {E.blocks}; --quick {QUICK['blocks']})")
+    p.add_argument("--items", type=int, default=None,
+                   help=f"items per zero-shot task (default {E.items}; --quick {QUICK['items']})")
+    p.add_argument("--recall-lengths", default=None, metavar="L,L",
+                   help=f"passkey context lengths in tokens (default {listed(E.recall_lengths)}; --quick "
+                   f"{listed(QUICK['recall_lengths'])}; the default is capped at the model's max_position_embeddings)")
+    p.add_argument("--depths", default=None, metavar="D,D",
+                   help=f"passkey needle depths in [0, 1] (default {listed(E.depths)}; --quick "
+                   f"{listed(QUICK['depths'])})")
+    p.add_argument("--passkey-samples", type=int, default=None, metavar="N",
+                   help=f"passkeys per (length, depth) cell (default {E.passkey_samples})")
+    p.add_argument("--mqar-pairs", default=None, metavar="N,N",
+                   help=f"MQAR key-value pair counts (default {listed(E.mqar_pairs)}; --quick "
+                   f"{listed(QUICK['mqar_pairs'])})")
+    p.add_argument("--lengths", default=None, metavar="L,L",
+                   help=f"efficiency context lengths (default {listed(E.eff_lengths)}, capped at the model's limit; "
+                   f"--quick {listed(QUICK['eff_lengths'])})")
+    p.add_argument("--batch-sizes", default=None, metavar="B,B",
+                   help=f"efficiency batch sizes (default {listed(E.batch_sizes)}; --quick {listed(QUICK['batch_sizes'])})")
+    p.add_argument("--decode-tokens", type=int, default=None, metavar="N",
+                   help=f"decode steps timed after each prefill (default {E.decode_tokens}; --quick "
+                   f"{QUICK['decode_tokens']})")
 
 
-def options_from_args(args: argparse.Namespace):
-    from .runner import EvalOptions
-
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    sections = tuple(s.strip() for s in args.sections.split(",") if s.strip()) if args.sections else (
-        ("lm", "tasks", "recall", "efficiency") + (("lm_eval",) if tasks else ()))
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    tasks = comma_list(args.tasks)
+    sections = comma_list(args.sections) if args.sections else DEFAULT_SECTIONS + (("lm_eval",) if tasks else ())
     kw = dict(model=args.model, teacher=args.teacher, out=args.out, sections=sections, tasks=tasks,
               lm_eval_limit=args.lm_eval_limit, data=args.data, batch_size=args.batch_size, seed=args.seed,
-              progress=not args.quiet, command=command_line(args.parser, args))
+              progress=not args.quiet, command=explicit_command(args.parser, args, ["liger", "eval"]))
     for name, value in [("seq_len", args.seq_len), ("blocks", args.blocks), ("items", args.items),
                         ("decode_tokens", args.decode_tokens), ("passkey_samples", args.passkey_samples)]:
         if value is not None:
             kw[name] = value
     explicit = set()
     for name, flag, value, parse in [
-        ("recall_lengths", "--recall-lengths", args.recall_lengths, _ints),
-        ("depths", "--depths", args.depths, _floats),
-        ("mqar_pairs", "--mqar-pairs", args.mqar_pairs, _ints),
-        ("eff_lengths", "--lengths", args.lengths, _ints),
-        ("batch_sizes", "--batch-sizes", args.batch_sizes, _ints),
+        ("recall_lengths", "--recall-lengths", args.recall_lengths, ints),
+        ("depths", "--depths", args.depths, floats),
+        ("mqar_pairs", "--mqar-pairs", args.mqar_pairs, ints),
+        ("eff_lengths", "--lengths", args.lengths, ints),
+        ("batch_sizes", "--batch-sizes", args.batch_sizes, ints),
     ]:
         if value is not None:
             kw[name] = parse(flag, value)
@@ -129,10 +107,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .runner import run_eval
-
-    opts = options_from_args(args)
-    res = run_eval(opts)
+    res = run_eval(options_from_args(args))
     print(f"wrote {res['out']}/eval.md")
     for r in res["summary"]:
         ratio = "" if r["ratio"] is None else f"  (ratio {r['ratio']:.3g})"

@@ -3,7 +3,7 @@ parameters.
 
 Construction (q [B, T, Hq, D], k [B, T, Hk, D] after the host's q/k norms, no RoPE; m = mean_d k [B, T, Hk])::
 
-    q' = q / |q|, k' = k / |k|                        L2-normalised over the head dimension
+    q' = q / |q|, k' = k / |k|                        L2-normalised over the head dimension (feature map l2norm)
     beta = sigmoid(m)                                 write strength in [0, 1]; 2 * sigmoid(m) in [0, 2]
                                                       with `delta_negative_eigen`
     g  = logsigmoid(m) / gate_normalizer              one log decay per head and token (<= 0)
@@ -22,34 +22,39 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, l2norm, sequence_parallel
-from .cores import GLACore
+from ..distributed.lasp import chunk_gated_delta_rule_sp
+from ..ops import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from .base import FEATURE_MAPS, Kernels, MixerCore, State
 
 Tensor = torch.Tensor
 
+DELTA_KERNELS = Kernels(chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, chunk_gated_delta_rule_sp)
 
-def delta_construct(q: Tensor, k: Tensor, gate_normalizer: float, negative_eigen: bool = False
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+
+def delta_construct(q: Tensor, k: Tensor, gate_normalizer: float, negative_eigen: bool = False,
+                    phi=FEATURE_MAPS["l2norm"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(q', k', g, beta) from float32 q [B, T, Hq, D], k [B, T, Hk, D]: q', k' unit vectors; g and beta
     [B, T, Hk], g <= 0, beta in [0, 1] (or [0, 2] with `negative_eigen`)."""
     m = k.mean(-1)
     beta = torch.sigmoid(m) * (2.0 if negative_eigen else 1.0)
-    return l2norm(q), l2norm(k), F.logsigmoid(m) / gate_normalizer, beta
+    return phi(q), phi(k), F.logsigmoid(m) / gate_normalizer, beta
 
 
-class GatedDeltaNetCore(GLACore):
+class GatedDeltaNetCore(MixerCore):
     """The `gated_deltanet` mixer (module docstring) in the linear branch, plus the shared window branch."""
 
     def __init__(self, config, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__(config, num_heads)
+        super().__init__(config, num_heads, num_kv_heads, head_dim)
+        self.phi = FEATURE_MAPS[config.feature_map]
 
-    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: State | None,
+               want_state: bool) -> tuple[Tensor, State | None]:
         c = self.config
-        qf, kf, g, beta = delta_construct(q.float(), k.float(), c.gate_normalizer, c.delta_negative_eigen)
+        qf, kf, g, beta = delta_construct(q.float(), k.float(), c.gate_normalizer, c.delta_negative_eigen, self.phi)
         if valid is not None:  # beta = 0, g = 0: padding leaves the state as it is
             m = valid[:, :, None].to(g.dtype)
             g, beta = g * m, beta * m
-        op = fused_recurrent_gated_delta_rule if (want_state and q.shape[1] == 1) else chunk_gated_delta_rule
-        if (sp := sequence_parallel.current()) is not None:  # this rank holds a slice (LASP-2)
-            op = sp.chunk_gated_delta_rule
-        return op(qf, kf, v, g, beta, scale=1.0, initial_state=state, output_final_state=want_state)
+        return DELTA_KERNELS(qf, kf, v, g, beta, state=state, want_state=want_state)
+
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.num_kv_heads, self.head_dim, self.head_dim),)

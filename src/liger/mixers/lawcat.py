@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from ..config import LigerConfig
-from ..ops import causal_conv1d, sequence_parallel
-from .cores import GLACore, construct, gla
+from ..distributed.context import current
+from ..ops import causal_conv1d
+from .base import FEATURE_MAPS, MixerCore, State
+from .gla import GLA_KERNELS, gla_construct
 
 Tensor = torch.Tensor
 
@@ -37,33 +39,34 @@ def identity_conv(channels: int, size: int = CONV_SIZE) -> Tensor:
     return w
 
 
-class LawcatCore(GLACore):
+class LawcatCore(MixerCore):
     """The `lawcat` mixer (module docstring) in the linear branch, plus the shared window branch."""
 
     def __init__(self, config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__(config, num_heads)
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        super().__init__(config, num_heads, num_kv_heads, head_dim)
+        self.phi = FEATURE_MAPS[config.feature_map]
         self.conv_q = nn.Parameter(identity_conv(num_heads * head_dim))
         self.conv_k = nn.Parameter(identity_conv(num_kv_heads * head_dim))
 
-    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: State | None,
+               want_state: bool) -> tuple[Tensor, State | None]:
         B, T, Hk, D = v.shape
         S, cq, ck = (None, None, None) if state is None else state
         ones = torch.ones(B, T, 1, 1, device=v.device) if valid is None else valid[:, :, None, None].float()
         qin, kin = (q.float() * ones).flatten(2), (k.float() * ones).flatten(2)
-        if (sp := sequence_parallel.current()) is not None:  # the previous ranks' last inputs (no cache here)
+        if (sp := current()) is not None:  # the previous ranks' last inputs (no cache here)
             n = CONV_SIZE - 1
             cq, ck = (sp.preceding(x, n).transpose(1, 2) for x in (qin, kin))
         qc, cq = causal_conv1d(qin, self.conv_q, initial_state=cq, output_final_state=want_state)
         kc, ck = causal_conv1d(kin, self.conv_k, initial_state=ck, output_final_state=want_state)
-        qf, kf, g = construct("gla", qc.view(q.shape), kc.view(k.shape), self.config.gate_normalizer)
+        qf, kf, g = gla_construct(qc.view(q.shape), kc.view(k.shape), self.config.gate_normalizer, self.phi)
         kf, g = kf * ones, g * ones  # padding neither writes nor decays
         vv = torch.cat([v.float() * ones, ones.expand(B, T, Hk, 1)], -1)  # values and the normaliser's ones
-        lin, S = gla(qf, kf, vv, g, S, want_state)
+        lin, S = GLA_KERNELS(qf, kf, vv, g, state=S, want_state=want_state)
         o = lin[..., :D] / (lin[..., D:] + EPS)
         return o, ((S, cq, ck) if want_state else None)
 
-    def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """float32 S and z [Hk, D, D + 1], and the convolutions' last CONV_SIZE - 1 inputs."""
-        conv = (self.num_heads + self.num_kv_heads) * self.head_dim * (CONV_SIZE - 1)
-        return 4 * (self.num_kv_heads * self.head_dim * (self.head_dim + 1) + conv)
+        D, n = self.head_dim, CONV_SIZE - 1
+        return ((self.num_kv_heads, D, D + 1), (self.num_heads * D, n), (self.num_kv_heads * D, n))

@@ -20,37 +20,40 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LigerConfig
-from ..ops import chunk_gsa, fused_recurrent_gsa, sequence_parallel
-from .cores import GLACore
+from ..distributed.lasp import chunk_gsa_sp
+from ..ops import chunk_gsa, fused_recurrent_gsa
+from .base import FEATURE_MAPS, Kernels, MixerCore, State
 
 Tensor = torch.Tensor
 
+GSA_KERNELS = Kernels(chunk_gsa, fused_recurrent_gsa, chunk_gsa_sp)
 
-def gsa_construct(q: Tensor, k: Tensor, slots: int, gate_normalizer: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+
+def gsa_construct(q: Tensor, k: Tensor, slots: int, gate_normalizer: float, phi=FEATURE_MAPS["softmax"]
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(q', k', s, g) of Liger-GSA from float32 q [B, T, Hq, D], k [B, T, Hk, D]; s and g [B, T, Hk, slots]."""
     B, T, Hk, D = k.shape
     f = k if slots == D else F.adaptive_avg_pool1d(k.reshape(B * T * Hk, 1, D), slots).view(B, T, Hk, slots)
     g = F.logsigmoid(f) / gate_normalizer
-    return torch.softmax(q, -1), torch.softmax(k, -1), -torch.expm1(g), g
+    return phi(q), phi(k), -torch.expm1(g), g
 
 
-class GSACore(GLACore):
+class GSACore(MixerCore):
     """The `gsa` mixer: Liger-GSA (module docstring) in the linear branch, plus the shared window branch."""
 
     def __init__(self, config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__(config, num_heads)
+        super().__init__(config, num_heads, num_kv_heads, head_dim)
         self.slots = min(config.num_slots, head_dim)
+        self.phi = FEATURE_MAPS[config.feature_map]
 
-    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state, want_state: bool):
-        qf, kf, s, g = gsa_construct(q.float(), k.float(), self.slots, self.config.gate_normalizer)
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: State | None,
+               want_state: bool) -> tuple[Tensor, State | None]:
+        qf, kf, s, g = gsa_construct(q.float(), k.float(), self.slots, self.config.gate_normalizer, self.phi)
         if valid is not None:  # s = 0, g = 0: padding neither writes nor decays the slots
             m = valid[:, :, None, None].to(s.dtype)
             s, g = s * m, g * m
-        op = fused_recurrent_gsa if (want_state and q.shape[1] == 1) else chunk_gsa
-        if (sp := sequence_parallel.current()) is not None:  # this rank holds a slice (LASP-2, two passes)
-            op = sp.chunk_gsa
-        return op(qf, kf, v, s, g, scale=1.0, initial_state=state, output_final_state=want_state)
+        return GSA_KERNELS(qf, kf, v, s, g, state=state, want_state=want_state)
 
-    def state_nbytes(self, num_kv_heads: int, head_dim: int) -> int:
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """float32 hk [Hk, D, M] and hv [Hk, M, D]."""
-        return 2 * num_kv_heads * head_dim * self.slots * 4
+        return ((self.num_kv_heads, self.head_dim, self.slots), (self.num_kv_heads, self.slots, self.head_dim))

@@ -8,11 +8,16 @@ One module per op family, its float64 reference beside it (the tests compare the
     delta.py       chunk_gated_delta_rule, fused_recurrent_...       delta_naive.py
     window.py      window_attention, window_step, roll_window        window_naive.py
     conv.py        causal_conv1d                                     conv_naive.py
-    common.py      float32_op, shape checks, chunking, the chunk scan and token loop the ops share
+    common.py      float32_op, shape and value checks (the input contract), chunking, the chunk scan and
+                   token loop the ops share
     backend.py     CUDA dispatch of the GLA ops to flash-linear-attention
 
 Each recurrence has a chunkwise-parallel op (training, prefill) and a token-by-token op (decode) with the
 same signature and result, time-first layout as in flash-linear-attention.
+
+Input contract (each op's docstring): gates g <= 0 and beta in [0, 2], else ValueError; NaN/inf inputs reach no
+earlier output (causal, as the token-by-token recurrence); T = 0 gives an empty output and the initial state.
+`check_inputs=False` skips the value check.
 """
 
 from .common import float32_op

@@ -9,6 +9,7 @@ separate axis [B, Hk, N, G, C, D] (query head h reads key/value head h // G).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import torch
@@ -67,6 +68,101 @@ def initial(state: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tenso
     if state is None:
         return like.new_zeros(shape, dtype=torch.float32)
     return state.float()
+
+
+# Input values: the contract every recurrence checks (`check_values`), and T = 0 (`empty_result`)
+
+NAN = float("nan")
+
+
+class NonFinite:
+    """What `check_values` returns when a checked input holds NaN or inf: `inputs`, the checked inputs in the
+    order given (seq, gates, beta) with every non-finite value replaced by 0, and `poison`, which sets to NaN
+    the outputs and final states those values reach in the recurrence (none before them in time)."""
+
+    def __init__(self, inputs: list[Tensor], out_bad: Tensor, state_bad: Tensor | None) -> None:
+        self.inputs, self.out_bad, self.state_bad = inputs, out_bad, state_bad
+
+    def poison(self, o: Tensor, state=None):
+        """o [B, T, H, D] with NaN where reached; the final state (a tensor [B, Hk, ...], a tuple of them, or
+        None) with NaN for the heads reached."""
+        o = o.masked_fill(self.out_bad.unsqueeze(-1), NAN)
+        if state is None:
+            return o, None
+        fill = lambda s: s.masked_fill(self.state_bad.view(*self.state_bad.shape, *[1] * (s.dim() - 2)), NAN)
+        return o, (tuple(fill(s) for s in state) if isinstance(state, tuple) else fill(state))
+
+
+def zero_non_finite(x: Tensor) -> Tensor:
+    """x with NaN and +-inf replaced by 0 (differentiable where finite)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _raise_bad(op: str, name: str, x: Tensor, bad: Tensor, rule: str) -> None:
+    idx = [i.item() for i in torch.unravel_index(bad.flatten().nonzero()[0, 0], x.shape)]
+    raise ValueError(f"{op}: {name} must be {rule}, got {x[tuple(idx)].item()} at index {idx}")
+
+
+def check_values(
+    op: str, q: Tensor, seq: dict[str, Tensor], gates: dict[str, Tensor] | None = None, beta: Tensor | None = None
+) -> NonFinite | None:
+    """The value contract of the recurrences, checked with one reduction per checked input and one host sync.
+
+    seq: the inputs [B, T, Hk, ...] whose non-finite values the chunked form would spread to a chunk's earlier
+    rows (through 0 * NaN in its matmuls, or through the decay at the chunk's midpoint); gates: log decays
+    [B, T, Hk, ...], which must be <= 0; beta: the delta rule's write strengths [B, T, Hk], in [0, 2]. q only
+    gives the shapes [B, T, Hq]. Inputs left out (q, and keys where the op's masks hold) need no check: in
+    every form of the ops a NaN/inf there reaches only outputs at or after its position (q_t: o_t alone), as
+    does a non-finite initial state (every output).
+
+    Raises ValueError (naming the op, the input, the first bad value and its index) for a gate > 0 (+inf
+    included) or a beta outside [0, 2] (+-inf included). Returns None when every checked value is finite (the
+    common case: the op then runs exactly as without the check). Otherwise (NaN, +-inf in seq, -inf in a gate)
+    returns a `NonFinite`: the op runs on those inputs with the bad values zeroed, and `poison` sets to NaN
+    every output of the head from the first bad position on and its final state, as the token-by-token
+    recurrence does; no output before a non-finite input depends on it (a chunk's earlier rows included).
+    """
+    gates = gates or {}
+    ranged = [*gates.values(), *([] if beta is None else [beta])]
+    with torch.no_grad():  # a gate's sum finds NaN and +-inf, its max the gates > 0 (faster than aminmax)
+        stats = [x.sum() for x in (*seq.values(), *gates.values())] + [x.amax() for x in gates.values()]
+        stats += [] if beta is None else list(torch.aminmax(beta))
+        vals = torch.stack([x.float() for x in stats]).tolist()
+    n = len(seq) + len(gates)
+    for (name, g), hi in zip(gates.items(), vals[n : n + len(gates)]):
+        if hi > 0:  # (NaN compares False: found below, once the NaNs are set aside)
+            _raise_bad(op, name, g, g > 0, "<= 0 (a natural-log decay)")
+    if beta is not None and (vals[-2] < 0 or vals[-1] > 2):
+        _raise_bad(op, "beta", beta, (beta < 0) | (beta > 2), "in [0, 2]")
+    if all(map(math.isfinite, vals)):
+        return None
+    for name, g in gates.items():
+        if (g > 0).any():  # +inf, or a finite gate > 0 beside a NaN
+            _raise_bad(op, name, g, g > 0, "<= 0 (a natural-log decay)")
+    if beta is not None and (out := beta.isinf() | (beta < 0) | (beta > 2)).any():
+        _raise_bad(op, "beta", beta, out, "in [0, 2]")
+    named = [*seq.values(), *ranged]
+    B, T, Hq = q.shape[:3]
+    Hk = named[0].shape[2]
+    with torch.no_grad():
+        bad = torch.zeros(B, T, Hk, dtype=torch.bool, device=q.device)
+        for x in named:
+            bad |= ~torch.isfinite(x).reshape(B, T, Hk, -1).all(-1)
+        reach = bad.cumsum(1) > 0  # [B, T, Hk]: at or after a bad position
+    return NonFinite([zero_non_finite(x) for x in named], reach.repeat_interleave(Hq // Hk, 2), reach[:, -1])
+
+
+def empty_result(o_shape: tuple[int, ...], like: Tensor, state, state_shapes, output_final_state: bool):
+    """The result of a recurrence on T = 0 tokens: an empty o of `o_shape` in like's dtype, and (if asked) the
+    final state, which is the initial state (a float32 copy) or zeros of `state_shapes` (a shape, or a tuple
+    of shapes for a pair of states)."""
+    o = like.new_empty(o_shape)
+    if not output_final_state:
+        return o, None
+    if isinstance(state_shapes[0], tuple):
+        given = (None,) * len(state_shapes) if state is None else state  # (a pair may hold a None)
+        return o, tuple(initial(s, shape, like).clone() for s, shape in zip(given, state_shapes))
+    return o, initial(state, state_shapes, like).clone()
 
 
 # Chunks

@@ -6,6 +6,10 @@ LAWCAT), with a state that makes decoding token by token equal to the full convo
 Layout: x [B, T, C] (time-first, channels last), weight [C, W], bias [C]; the state is the last W - 1 inputs,
 float32 [B, C, W - 1] (the layout of the causal-conv1d package's conv_state), oldest first. Any float dtype
 in; float32 arithmetic; y in x's dtype.
+
+Input contract: any values; nothing to check. Each output is a sum over its own W inputs (shifted
+multiply-adds, no matmul mixing later tokens in), so a NaN/inf input at position s reaches y_s .. y_{s+W-1}
+and no earlier output. T = 0 gives an empty y and the initial state (or zeros) as the final state.
 """
 
 from __future__ import annotations

@@ -16,14 +16,22 @@ negative eigenvalues": the caller computes e.g. 2 * sigmoid(x)).
 Layout time-first: q [B, T, Hq, K], k [B, T, Hk, K], v [B, T, Hk, V], g and beta [B, T, Hk]; states float32
 [B, Hk, K, V]. Grouped-query heads: Hq = G * Hk, query head h reads head h // G. Any float dtype in;
 float32 arithmetic; o in v's dtype.
+
+Input contract (both ops; as `liger.ops.gla`'s): g <= 0 and beta in [0, 2], else ValueError naming the op,
+the input, the value and its index; a NaN/inf in any input reaches no earlier output (k, v, g and beta are
+checked: a non-finite value there, -inf gates included, makes NaN every output of its head from its position
+on and the final state; see `liger.ops.common.check_values`); T = 0 gives an empty o and the initial state.
+`check_inputs=False` skips the value check (one reduction per checked input, one host sync). Unit keys are
+expected, not checked (a norm per token would cost a pass of its own): with other keys both forms still
+compute the same recurrence, only its boundedness is lost.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .common import (check_shape, chunk_len, float32_op, from_chunks, prepare, recurrent_outputs, scalar_decays,
-                     to_chunks)
+from .common import (check_qkv, check_shape, check_values, chunk_len, empty_result, float32_op, from_chunks, prepare,
+                     recurrent_outputs, scalar_decays, to_chunks)
 
 Tensor = torch.Tensor
 
@@ -32,6 +40,24 @@ def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """x / sqrt(sum(x^2) + eps) over the last axis, in float32 (flash-linear-attention's l2norm)."""
     x = x.float()
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def _checked(name: str, op, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float | None,
+             initial_state: Tensor | None, output_final_state: bool, use_qk_l2norm_in_kernel: bool,
+             check_inputs: bool, **kw):
+    """The input contract shared by both ops: shapes, T = 0, then the value check; None when `op` should run."""
+    check_qkv(q, k, v, initial_state)
+    check_shape("g", g, k.shape[:3])
+    check_shape("beta", beta, k.shape[:3])
+    B, T, Hq, K = q.shape
+    if T == 0:
+        return empty_result((B, 0, Hq, v.shape[-1]), v, initial_state, (B, k.shape[2], K, v.shape[-1]),
+                            output_final_state)
+    if check_inputs and (bad := check_values(name, q, {"k": k, "v": v}, {"g": g}, beta)):
+        k, v, g, beta = bad.inputs
+        return bad.poison(*op(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                              check_inputs=False, **kw))
+    return None
 
 
 def _prepare(
@@ -58,8 +84,15 @@ def fused_recurrent_gated_delta_rule(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Token-by-token gated delta rule (decode path); same signature and result as `chunk_gated_delta_rule`."""
+    """Token-by-token gated delta rule (decode path); same signature, input contract and result as
+    `chunk_gated_delta_rule`."""
+    done = _checked("fused_recurrent_gated_delta_rule", fused_recurrent_gated_delta_rule, q, k, v, g, beta, scale,
+                    initial_state, output_final_state, use_qk_l2norm_in_kernel, check_inputs)
+    if done is not None:
+        return done
     _, q, k, scale, S = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     kf, vf, bf, decay = k.float(), v.float(), beta.float(), g.float().exp()
 
@@ -85,9 +118,11 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
     chunk_size: int = 64,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise-parallel gated delta rule: o [B, T, Hq, V] (v's dtype) and, if asked, the final state
-    float32 [B, Hk, K, V].
+    float32 [B, Hk, K, V]. Input contract: the module docstring's.
 
     Inside a chunk entered with state S0, with b the within-chunk cumulative log decay and
     D[t, s] = exp(b_t - b_s) (s <= t), the state is S_t = exp(b_t) S0 + sum_{s<=t} D[t, s] k_s^T u_s, where
@@ -99,6 +134,10 @@ def chunk_gated_delta_rule(
     Every exponent is <= 0 (differences of float64 cumulative sums), so any g <= 0 is safe, and with unit
     keys and beta in [0, 2] the transitions are contractions, so any T is too.
     """
+    done = _checked("chunk_gated_delta_rule", chunk_gated_delta_rule, q, k, v, g, beta, scale, initial_state,
+                    output_final_state, use_qk_l2norm_in_kernel, check_inputs, chunk_size=chunk_size)
+    if done is not None:
+        return done
     G, q, k, scale, S = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     T, K = q.shape[1], q.shape[3]
     C = chunk_len(T, chunk_size)

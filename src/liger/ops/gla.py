@@ -11,6 +11,20 @@ g: [B, T, H, K]; states: float32 [B, H, K, V]. Grouped-query attention is native
 many heads as k, v and g (query head h reads key/value head h // G, as transformers' `repeat_kv` does);
 states then have k's head count. Inputs of any float dtype; all arithmetic is float32; o has v's dtype.
 
+Input contract (both ops, checked before anything runs, also before the CUDA dispatch):
+- g <= 0: a gate > 0 (+inf included) raises ValueError naming the op, the input, the value and its index.
+  (The chunked form's stability rests on it: at g = +1 it would give ~1e27 and then inf/NaN.)
+- Non-finite values are not refused (a NaN in training then surfaces as a non-finite loss, on every rank
+  alike) but kept causal: an output before a NaN/inf in any input never depends on it, and the outputs it
+  reaches are NaN, as in the token-by-token recurrence (`liger.ops.common.check_values`: v and g are
+  checked; a NaN/inf in v or g, -inf gates included, makes NaN every output of its head from its position
+  on and the final state; q, k and the state need no check: a non-finite q_t reaches o_t alone, k_s and the
+  state the outputs after them). Finite inputs run exactly as without the check, which costs one reduction
+  per checked input and one host sync (about 1% of the op, see the README's Ops section).
+  `check_inputs=False` skips it (no sync; gates > 0 then give inf/NaN, and a NaN in v or g may reach
+  earlier outputs of its 64-token chunk).
+- T = 0: an empty o and the initial state (float32 copy; zeros if None) as the final state.
+
 Written by hand because flash-linear-attention's kernels are Triton (CUDA only); on CUDA with that library
 installed, `liger.ops.chunk_gla` dispatches to it instead (see `liger.ops.backend`).
 """
@@ -20,8 +34,8 @@ from __future__ import annotations
 import torch
 
 from .backend import fla_gla, use_fla
-from .common import (check_qkv, check_shape, chunk_len, chunk_view, float32_op, from_chunks, initial, scan_chunks,
-                     to_chunks)
+from .common import (check_qkv, check_shape, check_values, chunk_len, chunk_view, empty_result, float32_op, from_chunks,
+                     initial, scan_chunks, to_chunks)
 
 Tensor = torch.Tensor
 
@@ -35,6 +49,12 @@ def check_gla_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: 
     G = check_qkv(q, k, v, initial_state)
     check_shape("g", g, k.shape)
     return G
+
+
+def _checked(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The inputs `check_values` reads: v and g (the torch forms' masks keep a NaN/inf in q or k causal);
+    on the CUDA path k as well (flash-linear-attention's kernels are not checked for it here)."""
+    return ({"k": k, "v": v} if use_fla(q) else {"v": v}), {"g": g}
 
 
 def gated_chunk_len(T: int, chunk_size: int) -> int:
@@ -54,12 +74,23 @@ def fused_recurrent_gla(
     scale: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Token-by-token GLA (the decode path). Same signature and result as `chunk_gla`; O(T) sequential steps."""
+    """Token-by-token GLA (the decode path). Same signature, input contract and result as `chunk_gla`; O(T)
+    sequential steps."""
     check_gla_inputs(q, k, v, g, initial_state)
+    B, T, _, K = q.shape
+    if T == 0:
+        return empty_result((B, 0, q.shape[2], v.shape[-1]), v, initial_state, (B, k.shape[2], K, v.shape[-1]),
+                            output_final_state)
+    if check_inputs and (bad := check_values("fused_recurrent_gla", q, *_checked(q, k, v, g))):
+        *kv, g = bad.inputs
+        k, v = kv if len(kv) == 2 else (k, *kv)
+        return bad.poison(*fused_recurrent_gla(q, k, v, g, scale, initial_state, output_final_state,
+                                               check_inputs=False))
     if use_fla(q):
         return fla_gla("recurrent", q, k, v, g, scale, initial_state, output_final_state)
-    B, T, _, K = q.shape
     scale = K**-0.5 if scale is None else scale
     qf, kf, vf, gf = q.float(), k.float(), v.float(), g.float()
     S = initial(initial_state, (B, k.shape[2], K, v.shape[-1]), q)
@@ -95,8 +126,14 @@ def chunk_gla(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise-parallel GLA: o [B, T, Hq, V] (v's dtype) and, if asked, the final state float32 [B, Hk, K, V].
+
+    Contract (module docstring): g <= 0, else ValueError; a NaN/inf input reaches no earlier output; T = 0
+    gives an empty o. `check_inputs=False` skips the value check (one reduction per checked input, one host
+    sync).
 
     The sequence is cut into chunks of `chunk_size` tokens (fewer for short inputs; the last chunk is
     zero-padded: k = v = 0 and g = 0 change neither earlier outputs nor the state).
@@ -116,9 +153,17 @@ def chunk_gla(
     On CUDA with flash-linear-attention installed, its Triton kernel runs instead (liger.ops.backend).
     """
     G = check_gla_inputs(q, k, v, g, initial_state)
+    B, T, _, K = q.shape
+    if T == 0:
+        return empty_result((B, 0, q.shape[2], v.shape[-1]), v, initial_state, (B, k.shape[2], K, v.shape[-1]),
+                            output_final_state)
+    if check_inputs and (bad := check_values("chunk_gla", q, *_checked(q, k, v, g))):
+        *kv, g = bad.inputs
+        k, v = kv if len(kv) == 2 else (k, *kv)
+        return bad.poison(*chunk_gla(q, k, v, g, scale, initial_state, output_final_state, chunk_size,
+                                     check_inputs=False))
     if use_fla(q):
         return fla_gla("chunk", q, k, v, g, scale, initial_state, output_final_state)
-    B, T, _, K = q.shape
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
     C = gated_chunk_len(T, chunk_size)

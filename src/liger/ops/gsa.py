@@ -14,20 +14,44 @@ the gate on the key (slot) axis (`liger.ops.gla.chunk_gla`, scale 1).
 Layout time-first: q [B, T, Hq, K], k [B, T, Hk, K], v [B, T, Hk, V], s and g [B, T, Hk, M]; the state is
 the pair (hk float32 [B, Hk, K, M], hv float32 [B, Hk, M, V]). Grouped-query heads: Hq = G * Hk, query head
 h reads head h // G. Any float dtype in; float32 arithmetic (float64 inside chunks); o in v's dtype.
+
+Input contract (every op here; as `liger.ops.gla`'s): g <= 0, else ValueError naming the op, the input, the
+value and its index; s any values; a NaN/inf in any input reaches no earlier output (v, g and GSA's s are
+checked: a non-finite value there, -inf gates included, makes NaN every output of its head from its position
+on and the final state(s); see `liger.ops.common.check_values`); T = 0 gives an empty o and the initial
+state(s). `check_inputs=False` skips the value check (one reduction per checked input, one host sync); GSA
+checks once and runs its two passes unchecked.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 
-from .common import (causal_mask, check_qkv, check_shape, float32_op, from_chunks, prepare, recurrent_outputs,
-                     scan_chunks, to_chunks)
+from .common import (causal_mask, check_qkv, check_shape, check_values, empty_result, float32_op, from_chunks, prepare,
+                     recurrent_outputs, scan_chunks, to_chunks)
 from .gla import GATE_FLOOR, chunk_gla, fused_recurrent_gla, gated_chunk_len
 
 Tensor = torch.Tensor
 GSAState = tuple[Tensor, Tensor]
+
+
+def _value_gated_checked(name: str, op: Callable, q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float | None,
+                         initial_state: Tensor | None, output_final_state: bool, check_inputs: bool, **kw):
+    """The input contract of the value-gated GLA ops: shapes, T = 0, then the value check; None when `op`
+    should run."""
+    check_qkv(q, k, v, initial_state)
+    check_shape("g", g, v.shape)
+    B, T, Hq, K = q.shape
+    if T == 0:
+        return empty_result((B, 0, Hq, v.shape[-1]), v, initial_state, (B, k.shape[2], K, v.shape[-1]),
+                            output_final_state)
+    if check_inputs and (bad := check_values(name, q, {"v": v}, {"g": g})):
+        v, g = bad.inputs
+        return bad.poison(*op(q, k, v, g, scale, initial_state, output_final_state, check_inputs=False, **kw))
+    return None
 
 
 @float32_op
@@ -39,11 +63,17 @@ def fused_recurrent_value_gated_gla(
     scale: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Token-by-token value-gated GLA (decode path): S_t = S_{t-1} diag(exp(g_t)) + k_t^T v_t,
-    o_t = scale q_t S_t, with g [B, T, Hk, V]. Same signature and result as `chunk_value_gated_gla`."""
+    o_t = scale q_t S_t, with g [B, T, Hk, V]. Same signature, input contract and result as
+    `chunk_value_gated_gla`."""
+    done = _value_gated_checked("fused_recurrent_value_gated_gla", fused_recurrent_value_gated_gla, q, k, v, g,
+                                scale, initial_state, output_final_state, check_inputs)
+    if done is not None:
+        return done
     _, scale, S = prepare(q, k, v, scale, initial_state)
-    check_shape("g", g, v.shape)
     kf, vf, decay = k.float(), v.float(), g.float().exp()
 
     def step(S: Tensor, t: int) -> Tensor:
@@ -63,10 +93,13 @@ def chunk_value_gated_gla(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise-parallel GLA with the decay on the value axis: S_t = S_{t-1} diag(exp(g_t)) + k_t^T v_t,
     o_t = scale q_t S_t. q [B, T, Hq, K], k [B, T, Hk, K], v and g [B, T, Hk, V]; state float32
-    [B, Hk, K, V]; returns o [B, T, Hq, V] in v's dtype and, if asked, the final state.
+    [B, Hk, K, V]; returns o [B, T, Hq, V] in v's dtype and, if asked, the final state. Input contract: the
+    module docstring's.
 
     The mirror image of `chunk_gla`: inside a chunk o_t = exp(b_t - r) * sum_{s<=t} (q_t.k_s) v_s exp(r - b_s),
     one float64 [C, C] @ [C, V] matmul per chunk, with b the within-chunk cumulative log decay and r its value
@@ -75,8 +108,11 @@ def chunk_value_gated_gla(
     e^-21). Between chunks every exponent is <= 0 (exp(b_t) on the way out of a state, exp(b_C - b_s) into
     it) and a scan carries the states.
     """
+    done = _value_gated_checked("chunk_value_gated_gla", chunk_value_gated_gla, q, k, v, g, scale, initial_state,
+                                output_final_state, check_inputs, chunk_size=chunk_size)
+    if done is not None:
+        return done
     G, scale, S0 = prepare(q, k, v, scale, initial_state)
-    check_shape("g", g, v.shape)
     T = q.shape[1]
     C = gated_chunk_len(T, chunk_size)
     qc = to_chunks(q, C, groups=G)  # [B, Hk, N, G, C, K]
@@ -128,6 +164,23 @@ def gsa_passes(slot_pass: Callable, value_pass: Callable, q: Tensor, k: Tensor, 
     return o, ((hk, hv) if output_final_state else None)
 
 
+def _gsa(name: str, slot_pass: Callable, value_pass: Callable, q: Tensor, k: Tensor, v: Tensor, s: Tensor,
+         g: Tensor, scale: float | None, initial_state: GSAState | None, output_final_state: bool,
+         check_inputs: bool) -> tuple[Tensor, GSAState | None]:
+    """GSA's input contract (shapes, T = 0, the value check once), then both passes unchecked."""
+    _check_gsa(q, k, v, s, g, initial_state)
+    B, T, Hq, K = q.shape
+    Hk, M, V = k.shape[2], s.shape[-1], v.shape[-1]
+    if T == 0:
+        return empty_result((B, 0, Hq, V), v, initial_state, ((B, Hk, K, M), (B, Hk, M, V)), output_final_state)
+    bad = check_values(name, q, {"v": v, "s": s}, {"g": g}) if check_inputs else None
+    if bad is not None:
+        v, s, g = bad.inputs
+    o, state = gsa_passes(partial(slot_pass, check_inputs=False), partial(value_pass, check_inputs=False), q, k, v,
+                          s, g, scale, initial_state, output_final_state)
+    return (o, state) if bad is None else bad.poison(o, state)
+
+
 @float32_op
 def chunk_gsa(
     q: Tensor,
@@ -138,12 +191,16 @@ def chunk_gsa(
     scale: float | None = None,
     initial_state: GSAState | None = None,
     output_final_state: bool = False,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, GSAState | None]:
     """Chunkwise-parallel gated slot attention: o [B, T, Hq, V] (v's dtype) and, if asked, the final state
     (hk float32 [B, Hk, K, M], hv float32 [B, Hk, M, V]). s: slot write weights, g: slot log decays, both
     [B, T, Hk, M]. Two chunked passes (`chunk_value_gated_gla`, then `chunk_gla`), each stable for any
-    g <= 0 and any T; the softmax between them is over slots, per token."""
-    return gsa_passes(chunk_value_gated_gla, chunk_gla, q, k, v, s, g, scale, initial_state, output_final_state)
+    g <= 0 and any T; the softmax between them is over slots, per token. Input contract: the module
+    docstring's."""
+    return _gsa("chunk_gsa", chunk_value_gated_gla, chunk_gla, q, k, v, s, g, scale, initial_state,
+                output_final_state, check_inputs)
 
 
 @float32_op
@@ -156,7 +213,10 @@ def fused_recurrent_gsa(
     scale: float | None = None,
     initial_state: GSAState | None = None,
     output_final_state: bool = False,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, GSAState | None]:
-    """Token-by-token gated slot attention (decode path); same signature and result as `chunk_gsa`."""
-    return gsa_passes(fused_recurrent_value_gated_gla, fused_recurrent_gla, q, k, v, s, g, scale, initial_state,
-                output_final_state)
+    """Token-by-token gated slot attention (decode path); same signature, input contract and result as
+    `chunk_gsa`."""
+    return _gsa("fused_recurrent_gsa", fused_recurrent_value_gated_gla, fused_recurrent_gla, q, k, v, s, g, scale,
+                initial_state, output_final_state, check_inputs)

@@ -5,14 +5,23 @@ Layout time-first: q [B, T, Hq, D], k and v [B, T, Hk, D] (grouped-query: Hq = G
 key/value head h // G). A query sees itself and the `window - 1` tokens before it, valid keys only
 (`key_valid` False marks padding); optional Gemma-2 logit soft-capping, cap * tanh(s / cap). Arithmetic in
 float32; output in v's dtype; a query with no valid key in its window gets 0, so padding never produces NaN.
+
+Input contract (`window_attention`, `window_attention_parts`): window >= 1; T = 0 gives an empty output.
+Non-finite values are not refused but kept causal, as in `liger.ops.gla`: a NaN/inf in q_t reaches o_t alone;
+one in the key or value at a valid position s (of x or `past`) makes NaN the outputs whose window holds s
+(t = s .. s + window - 1) and no other (without the check, the blocked matmuls would carry 0 * NaN to the
+block's earlier rows); at an invalid (padding) position it changes nothing. Finite inputs run exactly as
+without the check (one sum per key/value input, one host sync); `check_inputs=False` skips it.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .common import float32_op
+from .common import NonFinite, float32_op, zero_non_finite
 
 Tensor = torch.Tensor
 
@@ -28,6 +37,8 @@ def window_attention(
     block_size: int | None = None,
     softcap: float | None = None,
     use_sdpa: bool = True,
+    *,
+    check_inputs: bool = True,
 ) -> Tensor:
     """Sliding-window attention of the T new queries over `past` plus the T new keys: [B, T, Hq, D].
 
@@ -39,11 +50,47 @@ def window_attention(
         (PyTorch's fused attention kernels) instead of the explicit softmax of `window_attention_parts`;
         on by default, and ignored under soft-capping (which SDPA lacks). Same result (tests/test_ops_window.py);
         on CPU 1.7x faster forward, 1.4x forward+backward (T=4,096, window 64, the teacher's heads).
+    Input contract: the module docstring's.
     """
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    if q.shape[1] == 0:
+        return v.new_empty(*q.shape[:3], v.shape[-1])
+    if check_inputs and (bad := _check_window(q, k, v, window, key_valid, past)):
+        k, v, key_valid, past = bad.inputs
+        o = window_attention(q, k, v, window, scale, key_valid, past, block_size, softcap, use_sdpa,
+                             check_inputs=False)
+        return bad.poison(o, None)[0]
     if use_sdpa and not softcap:
         return _window_sdpa(q, k, v, window, scale, key_valid, past, block_size).to(v.dtype)
-    num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap)
+    num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap,
+                                      check_inputs=False)
     return (num / den.clamp_min(1e-30)).to(v.dtype)
+
+
+def _check_window(q: Tensor, k: Tensor, v: Tensor, window: int, key_valid: Tensor | None,
+                  past: tuple[Tensor, Tensor, Tensor] | None) -> NonFinite | None:
+    """The window ops' value check: None when every key and value is finite (one sum per input, one host
+    sync); otherwise k, v, key_valid and past with non-finite keys and values zeroed, and the outputs those
+    reach (q needs no check: a non-finite q_t reaches o_t alone)."""
+    kv = [k, v] + ([] if past is None else list(past[:2]))
+    with torch.no_grad():
+        if all(map(math.isfinite, torch.stack([x.sum().float() for x in kv]).tolist())):
+            return None
+        B, T, Hq = q.shape[:3]
+        Hk = k.shape[2]
+        bad = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # [B, T, Hk]
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if key_valid is None else key_valid.bool()
+        if past is not None:  # the keys before x
+            bad = torch.cat([~(torch.isfinite(past[0]).all(-1) & torch.isfinite(past[1]).all(-1)), bad], 1)
+            valid = torch.cat([past[2].bool(), valid], 1)
+        L = bad.shape[1] - T
+        count = F.pad((bad & valid.unsqueeze(-1)).int().cumsum(1), (0, 0, 1, 0))  # [B, L + T + 1, Hk]
+        p = torch.arange(T, device=q.device) + L  # the queries' positions among the keys
+        reached = (count[:, p + 1] - count[:, (p - window + 1).clamp(min=0)]) > 0  # [B, T, Hk]
+    past = None if past is None else (zero_non_finite(past[0]), zero_non_finite(past[1]), past[2])
+    return NonFinite([zero_non_finite(k), zero_non_finite(v), key_valid, past],
+                     reached.repeat_interleave(Hq // Hk, 2), None)
 
 
 def _blocks(q: Tensor, k: Tensor, v: Tensor, window: int, key_valid: Tensor | None,
@@ -118,11 +165,23 @@ def window_attention_parts(
     past: tuple[Tensor, Tensor, Tensor] | None = None,
     block_size: int | None = None,
     softcap: float | None = None,
+    *,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised window attention, float32: num = sum_s exp(s_ts - m_t) v_s [B, T, Hq, D] and
     den = sum_s exp(s_ts - m_t) [B, T, Hq, 1], with m_t the largest score in query t's window (0 if it has
-    no valid key). `window_attention` is num / den; LoLCATs adds its linear terms to both first."""
+    no valid key). `window_attention` is num / den; LoLCATs adds its linear terms to both first. Input
+    contract: the module docstring's (the outputs reached by a non-finite input: NaN in num and den)."""
+    if window < 1:
+        raise ValueError("window must be >= 1")
     B, T, Hq, D = q.shape
+    if T == 0:
+        return q.new_empty(B, 0, Hq, v.shape[-1], dtype=torch.float32), q.new_empty(B, 0, Hq, 1, dtype=torch.float32)
+    if check_inputs and (bad := _check_window(q, k, v, window, key_valid, past)):
+        k, v, key_valid, past = bad.inputs
+        num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap,
+                                          check_inputs=False)
+        return bad.poison(num, None)[0], bad.poison(den, None)[0]
     scale = D**-0.5 if scale is None else scale
     qb, kb, vb, allowed = _blocks(q, k, v, window, key_valid, past, block_size)
     N, P = qb.shape[1:3]

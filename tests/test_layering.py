@@ -18,7 +18,8 @@ ROOT = Path(liger.__file__).parent
 # Lowest layer first; a module may import modules of its own layer or below, never above. The longest
 # matching prefix decides a module's layer. The root package `liger` (the public facade) is the top.
 LAYERS: list[tuple[str, ...]] = [
-    ("liger.errors", "liger.config", "liger.arch", "liger.atomic", "liger.runinfo", "liger.plotting"),
+    ("liger.errors", "liger.config", "liger.arch", "liger.atomic", "liger.runinfo", "liger.plotting",
+     "liger.memory_estimate"),
     ("liger.ops",),
     ("liger.distributed", "liger.distributed.collectives", "liger.distributed.lasp", "liger.distributed.context",
      "liger.distributed.runtime"),

@@ -1,6 +1,7 @@
 """The training loop: exact resume after a kill, budgets, schedule, data order, checkpoint safety."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 import liger
 from liger.errors import CheckpointError, ConfigError
-from liger.train.loop import DataOrder, Trainer, TrainConfig, lr_factor, resolve_precision
+from liger.train.loop import CHECKPOINT_FILES, DataOrder, Trainer, TrainConfig, lr_factor, resolve_precision
 from liger.train.losses import next_token_loss
 from liger.train.recipes import add_lora, trainable_parameters
 
@@ -46,6 +47,32 @@ def _trainer(tmp_path, **kw):
     cfg = TrainConfig(**{"precision": "fp32", "warmup_steps": 1, **kw})
     return Trainer(model, trainable_parameters(model), blocks, next_token_loss, cfg, tmp_path, "lora", {"x": 1},
                    show_progress=False)
+
+
+def test_checkpoint_is_safetensors_and_json_and_restores_the_exact_state(tmp_path):
+    t = _trainer(tmp_path, max_steps=2)
+    t.run()
+    rng, py_rng = torch.get_rng_state(), random.getstate()
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == sorted(CHECKPOINT_FILES)
+    torch.rand(3), random.random()
+    t2 = _trainer(tmp_path, max_steps=2)
+    assert t2.load_checkpoint() and t2.step == 2
+    assert torch.equal(torch.get_rng_state(), rng) and random.getstate() == py_rng
+    a, b = t.opt.state_dict(), t2.opt.state_dict()
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for k in a["state"][i])
+
+
+def test_resume_drops_the_log_records_written_after_the_checkpoint(tmp_path):
+    _trainer(tmp_path, max_steps=3).run()
+    log = tmp_path / "train_log.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"stage": "next_stage", "step": 1, "loss": 1.0}) + "\n")  # trained again on resume
+        f.write('{"stage": "next_stage", "st')  # cut off by a kill
+    assert _trainer(tmp_path, max_steps=3).load_checkpoint()
+    assert [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines())] == [
+        ("lora", 1), ("lora", 2), ("lora", 3)]
 
 
 def test_token_budget_sets_the_step_count(tmp_path):

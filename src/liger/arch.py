@@ -62,18 +62,29 @@ def supported() -> str:
 
 def model_type(model: nn.Module) -> str:
     """The model's (text) model_type, the key of ARCHITECTURES."""
-    return getattr(model.config.get_text_config(), "model_type", None) or model.config.model_type
+    return config_model_type(model.config)
+
+
+def config_model_type(config) -> str:
+    """The (text) model_type of a transformers config."""
+    return getattr(config.get_text_config(), "model_type", None) or config.model_type
+
+
+def spec_for(config) -> ArchSpec:
+    """The ARCHITECTURES entry of a transformers config; UnsupportedModelError for any other architecture."""
+    mtype = config_model_type(config)
+    spec = ARCHITECTURES.get(mtype)
+    if spec is None:
+        raise UnsupportedModelError(
+            f"model type {mtype!r} is not supported; liger supports: {supported()}. "
+            "Open an issue with the model's config.json to ask for it."
+        )
+    return spec
 
 
 def arch_spec(model: nn.Module) -> ArchSpec:
     """The ARCHITECTURES entry of `model`; UnsupportedModelError for any other architecture."""
-    spec = ARCHITECTURES.get(model_type(model))
-    if spec is None:
-        raise UnsupportedModelError(
-            f"model type {model_type(model)!r} is not supported; liger supports: {supported()}. "
-            "Open an issue with the model's config.json to ask for it."
-        )
-    return spec
+    return spec_for(model.config)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

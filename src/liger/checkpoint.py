@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from .config import LigerConfig
-from .errors import CheckpointError, LigerError
+from .errors import CheckpointError, ConfigError, LigerError
 from .surgery import linearize
 
 
@@ -53,7 +53,12 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
             f"{path} is a model folder but not a liger checkpoint (its config.json has no 'liger' entry); "
             f"convert it first: liger convert --model {path} --out DIR"
         )
-    lcfg = LigerConfig.from_dict(raw["liger"])
+    lcfg = LigerConfig.from_dict(raw["liger"], str(path / "config.json"))
+    text_cfg = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    try:
+        lcfg.check_window(text_cfg.get("max_position_embeddings"))
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}; convert the model again with such a --window") from None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # it would list the mixers' own tensors as unexpected; loaded below
     try:

@@ -116,19 +116,39 @@ class LigerConfig:
         d["softmax_layers"] = list(self.softmax_layers)
         return d
 
+    def check_window(self, max_positions: int | None, flag: str = "window") -> None:
+        """Raise ConfigError if the window is longer than the model's context limit (`max_positions`, its
+        max_position_embeddings; None: no limit known). A window that long is full attention with a cache of
+        `window - 1` positions allocated per layer and sequence."""
+        if max_positions and self.window > max_positions:
+            raise ConfigError(
+                f"{flag} {self.window} is longer than the model's context limit of {max_positions} tokens "
+                f"(max_position_embeddings); use a window of at most {max_positions} (default {LigerConfig.window})"
+            )
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LigerConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "the liger config") -> "LigerConfig":
+        """The config of a "liger" entry `d`; `source` (e.g. "/path/config.json") names it in errors."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"{source}: the \"liger\" entry must be a JSON object of liger settings (as `liger convert` "
+                f"writes it), got {type(d).__name__} {d!r}; convert the model again"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(
-                f"unknown liger config keys {sorted(unknown)}; this checkpoint may come from a newer liger version"
+                f"{source}: unknown liger config keys {sorted(unknown)}; this checkpoint may come from a newer "
+                "liger version"
             )
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
 
 def config_of(model) -> LigerConfig | None:
     """The LigerConfig recorded in a model's config (`model.config.liger`, written by `liger.linearize`), or
     None for a model that is not linearized."""
     d = getattr(getattr(model, "config", None), "liger", None)
-    return None if d is None else LigerConfig.from_dict(d)
+    return None if d is None else LigerConfig.from_dict(d, "the model's config")

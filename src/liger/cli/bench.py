@@ -13,7 +13,7 @@ from ..bench import model, ops, profile, train
 from ..bench.common import targets_markdown
 from ..bench.suite import run_all
 from ..errors import ConfigError
-from .flags import comma_list, listed, positive_ints
+from .flags import COUNT, NON_NEGATIVE, Parser, check_bounds, comma_list, listed, number, positive_ints
 
 DESCRIPTION = """\
 Benchmarks, each writing results.json, results.md (tables, and the issue's targets as rows of target /
@@ -46,15 +46,15 @@ def _add_ops_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ref-lengths", default=None, metavar="T,T",
                    help=f"lengths at which the token-by-token ops also run (slow; default {listed(ops.FULL_REF_LENGTHS)}; "
                    f"--quick {listed(ops.QUICK_REF_LENGTHS)})")
-    g.add_argument("--heads", type=int, default=o.heads, help=f"query heads (default {o.heads}, as the bundled teacher)")
-    g.add_argument("--kv-heads", type=int, default=o.kv_heads, help=f"key/value heads (default {o.kv_heads})")
-    g.add_argument("--head-dim", type=int, default=o.head_dim, help=f"K = V = head dimension (default {o.head_dim})")
-    g.add_argument("--op-batch", type=int, default=o.op_batch, help=f"batch size of the op inputs (default {o.op_batch})")
-    g.add_argument("--matmul-size", type=int, default=None,
-                   help=f"n of the n x n float32 matmul that sets the reference GFLOP/s (default {ops.MATMUL_SIZE})")
+    number(g, "--heads", bounds=COUNT, default=o.heads, help=f"query heads (default {o.heads}, as the bundled teacher)")
+    number(g, "--kv-heads", bounds=COUNT, default=o.kv_heads, help=f"key/value heads (default {o.kv_heads})")
+    number(g, "--head-dim", bounds=COUNT, default=o.head_dim, help=f"K = V = head dimension (default {o.head_dim})")
+    number(g, "--op-batch", bounds=COUNT, default=o.op_batch, help=f"batch size of the op inputs (default {o.op_batch})")
+    number(g, "--matmul-size", bounds=COUNT, default=None,
+           help=f"n of the n x n float32 matmul that sets the reference GFLOP/s (default {ops.MATMUL_SIZE})")
     g.add_argument("--forward-only", action="store_true", help="skip the forward+backward timings")
-    g.add_argument("--op-repeats", type=int, default=o.op_repeats,
-                   help=f"timed calls per measurement, median (default {o.op_repeats})")
+    number(g, "--op-repeats", bounds=COUNT, default=o.op_repeats,
+           help=f"timed calls per measurement, median (default {o.op_repeats})")
     g.add_argument("--compile", action="store_true",
                    help="also time torch.compile(chunk_gla) (inductor; compiles once per length, ~30 s each)")
 
@@ -66,12 +66,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"context lengths (default {listed(model.FULL_CONTEXTS)}; --quick {listed(model.QUICK_CONTEXTS)})")
     g.add_argument("--batch-sizes", default=None, metavar="B,B",
                    help=f"batch sizes (default {listed(model.FULL_BATCHES)}; --quick {listed(model.QUICK_BATCHES)})")
-    g.add_argument("--decode-tokens", type=int, default=None,
-                   help=f"decode steps per measurement (default {model.FULL_DECODE_TOKENS}; "
-                   f"--quick {model.QUICK_DECODE_TOKENS})")
-    g.add_argument("--max-prefill-tokens", type=int, default=n, metavar="N",
-                   help="prefill only when batch * context <= N, else decode from a synthetic cache "
-                   f"(default {n}: real prefill at batch 1 up to {n:,}, at batch 8 up to {n // 8:,})")
+    number(g, "--decode-tokens", bounds=COUNT, default=None,
+           help=f"decode steps per measurement (default {model.FULL_DECODE_TOKENS}; "
+           f"--quick {model.QUICK_DECODE_TOKENS})")
+    number(g, "--max-prefill-tokens", bounds=NON_NEGATIVE, default=n, metavar="N",
+           help="prefill only when batch * context <= N, else decode from a synthetic cache "
+           f"(default {n}: real prefill at batch 1 up to {n:,}, at batch 8 up to {n // 8:,})")
     g.add_argument("--skip-beyond-limit", action="store_true",
                    help="skip the original model beyond its max_position_embeddings (default: run it, RoPE "
                    "extrapolating)")
@@ -85,19 +85,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precisions", default=None, metavar="P,P",
                    help=f"bf16 (autocast) and/or fp32 (default {listed(train.PRECISIONS)}; --quick "
                    f"{listed(train.QUICK_PRECISIONS)})")
-    g.add_argument("--train-repeats", type=int, default=None,
-                   help=f"timed steps, median (default {train.FULL_REPEATS}; --quick {train.QUICK_REPEATS})")
-    g.add_argument("--lora-r", type=int, default=r, help=f"LoRA rank (default {r})")
+    number(g, "--train-repeats", bounds=COUNT, default=None,
+           help=f"timed steps, median (default {train.FULL_REPEATS}; --quick {train.QUICK_REPEATS})")
+    number(g, "--lora-r", bounds=COUNT, default=r, help=f"LoRA rank (default {r})")
 
 
 def _add_profile_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("profile (decode step)")
-    g.add_argument("--context", type=int, default=None, help=f"context tokens in the cache (default "
-                   f"{profile.FULL_CONTEXT}; --quick {profile.QUICK_CONTEXT})")
+    number(g, "--context", bounds=COUNT, default=None, help=f"context tokens in the cache (default "
+           f"{profile.FULL_CONTEXT}; --quick {profile.QUICK_CONTEXT})")
     g.add_argument("--profile-batch-sizes", default=None, metavar="B,B", help=f"batch sizes (default "
                    f"{listed(profile.FULL_BATCHES)}; --quick {listed(profile.QUICK_BATCHES)})")
-    g.add_argument("--steps", type=int, default=profile.ProfileOptions.steps,
-                   help=f"profiled decode steps (default {profile.ProfileOptions.steps})")
+    number(g, "--steps", bounds=COUNT, default=profile.ProfileOptions.steps,
+           help=f"profiled decode steps (default {profile.ProfileOptions.steps})")
 
 
 def _sizes(flag: str, text: str | None) -> tuple[int, ...] | None:
@@ -191,11 +191,15 @@ def standalone(name: str, argv: list[str] | None = None) -> None:
     """One benchmark as a script of its own (bench/ops_gla.py, ...): run it and print its markdown."""
     module, add_args, options = BENCHES[name]
     out, quick_help, tiny, markdown = STANDALONE[name]
-    p = argparse.ArgumentParser(description=module.__doc__.split("\n\n")[0])
+    p = Parser(description=module.__doc__.split("\n\n")[0])
     p.add_argument("--out", default=out)
     p.add_argument("--quick", action="store_true", help=quick_help)
     if tiny:
         p.add_argument("--tiny-model", action="store_true", help=argparse.SUPPRESS)
     add_args(p)
     args = p.parse_args(argv)
+    try:
+        check_bounds(p, args)
+    except ConfigError as e:
+        p.error(str(e))
     print(markdown(module.run(options(args), args.out)))

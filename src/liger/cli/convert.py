@@ -6,17 +6,19 @@ import argparse
 import json
 
 import torch
-from transformers import TextStreamer
+from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 
 from ..arch import decoder_layers
-from ..atomic import atomic_output_dir
+from ..atomic import atomic_output_dir, check_writable
 from ..cache import cache_footprint
 from ..checkpoint import from_pretrained
 from ..errors import ConfigError
+from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights
 from ..layer_scores import builtin_blocks, resolve_auto, scores_markdown
-from ..models import load_model
+from ..models import check_logits, load_model, read_config
 from ..surgery import linearize
-from .flags import add_liger_config_args, liger_config_from_args
+from .flags import (COUNT, PROBABILITY, SEED, Bounds, add_liger_config_args, check_against_model,
+                    liger_config_from_args, number)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Generate from a liger checkpoint with its constant-memory cache.")
     p.add_argument("--model", required=True, help="liger checkpoint folder")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
+    number(p, "--max-new-tokens", bounds=COUNT, default=64)
+    number(p, "--temperature", type=float, bounds=Bounds(0, note="(0 = greedy)"), default=0.0,
+           help="0 = greedy (default)")
+    number(p, "--top-p", type=float, bounds=PROBABILITY, default=0.95,
+           help="sampling: the smallest set of tokens whose probabilities add up to P (default 0.95)")
+    number(p, "--seed", bounds=SEED, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     p.add_argument("--any-model", action="store_true", help="also accept a plain (softmax) model, to compare")
     p.set_defaults(func=cmd_generate)
@@ -48,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     config, n_auto = liger_config_from_args(args)
+    check_writable(args.out)
+    model_config = read_config(args.model)
+    if model_config is not None:
+        check_against_model(config, model_config)
     model, tok = load_model(args.model, dtype="auto")
+    check_against_model(config, model.config)  # a hub model whose config was not in the local cache
     scores = None
     if n_auto:  # scored on the built-in corpus (convert has no --data)
         config, scores = resolve_auto(model, config, n_auto, builtin_blocks(tok))
@@ -63,15 +72,47 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {type(model).__name__}, {n:,} parameters, {config}")
 
 
+class _CheckFirstLogits(LogitsProcessor):
+    """Generation's first step: CheckpointError if the logits of the prompt are NaN or +inf (a model that would
+    otherwise print nothing, or newlines, and exit 0)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.checked = spec, False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.checked:
+            check_logits(scores, self.spec)
+            self.checked = True
+        return scores
+
+
+def _check_generate_memory(args: argparse.Namespace) -> None:
+    """Refuse a generation whose weights and cache cannot fit: the softmax layers (all of a plain model's)
+    keep every token's keys and values, so a huge --max-new-tokens grows their cache without bound."""
+    config = read_config(args.model)
+    if config is None:
+        return
+    shape = ModelShape(config)
+    prompt = len(args.prompt.encode()) + 64  # at most one token per byte, plus a chat template
+    cache = (prompt + args.max_new_tokens) * shape.kv_bytes_per_token * shape.softmax_layers * shape.param_bytes / 4
+    parts = {"weights": inference_weights(shape, shape.param_bytes), **forward_bytes(shape, prompt), "cache": cache}
+    check_fits(parts, f"generating --max-new-tokens {args.max_new_tokens:,} with {args.model}",
+               f"lower --max-new-tokens (the {shape.softmax_layers} softmax layers keep every token's keys and "
+               "values) or shorten --prompt")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be >= 1")
-    model, tok = load_model(args.model, require_liger=not args.any_model)
+    if not args.prompt:
+        raise ConfigError('--prompt is empty; give the text to continue, e.g. --prompt "The capital of France is"')
+    _check_generate_memory(args)
+    model, tok = load_model(args.model, require_liger=not args.any_model, finite=True)
     if tok.chat_template and not args.raw:
         text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True)
     else:
         text = args.prompt
     enc = tok(text, return_tensors="pt", add_special_tokens=not tok.chat_template or args.raw)
+    if enc.input_ids.shape[1] == 0:
+        raise ConfigError(f"--prompt {args.prompt!r} encodes to no tokens; give some text to continue")
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     sampling = args.temperature > 0
     torch.manual_seed(args.seed)
@@ -84,6 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             top_p=args.top_p if sampling else None,
             top_k=None,
             streamer=streamer,
+            logits_processor=LogitsProcessorList([_CheckFirstLogits(args.model)]),
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         )
 

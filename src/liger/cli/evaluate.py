@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluate.runner import DEFAULT_SECTIONS, QUICK, SECTIONS, EvalOptions, run_eval
-from .flags import comma_list, explicit_command, floats, ints, listed
+from .flags import COUNT, NON_NEGATIVE, SEED, comma_list, explicit_command, floats, ints, listed, number
 
 DESCRIPTION = """\
 Compare a liger checkpoint with its teacher on the same inputs and write eval.json, eval.md and PNG plots to
@@ -37,37 +37,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lm-eval task names (e.g. piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu; "
                    "their datasets come from the hub) and/or paths to task YAML files or folders; list names "
                    "with `lm-eval ls tasks`")
-    p.add_argument("--lm-eval-limit", type=int, default=None, metavar="N",
-                   help="at most N examples per lm-eval task (default: all)")
+    number(p, "--lm-eval-limit", bounds=COUNT, default=None, metavar="N",
+           help="at most N examples per lm-eval task (default: all)")
     p.add_argument("--data", default=E.data,
                    help="source of the held-out text: builtin (default, offline), a local file or folder, a saved "
                    "dataset or hub id, as for `liger linearize --data`; only its held-out split is used")
     _add_size_args(p)
-    p.add_argument("--batch-size", type=int, default=E.batch_size,
-                   help=f"batch size when scoring lm, tasks and lm-eval (default {E.batch_size})")
+    number(p, "--batch-size", bounds=COUNT, default=E.batch_size,
+           help=f"batch size when scoring lm, tasks and lm-eval (default {E.batch_size})")
     p.add_argument("--quick", action="store_true", help="small sizes for a first look (explicit flags still win)")
-    p.add_argument("--seed", type=int, default=E.seed,
-                   help=f"seed of the task items, passkeys, MQAR pairs and efficiency inputs (default {E.seed}); the "
-                   "same seed gives the same quality numbers")
+    number(p, "--seed", bounds=SEED, default=E.seed,
+           help=f"seed of the task items, passkeys, MQAR pairs and efficiency inputs (default {E.seed}); the "
+           "same seed gives the same quality numbers")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_eval, parser=p)
 
 
 def _add_size_args(p: argparse.ArgumentParser) -> None:
     """The sizes: None (the default) leaves EvalOptions' value, or with --quick QUICK's."""
-    p.add_argument("--seq-len", type=int, default=None, help=f"held-out block length in tokens (default {E.seq_len})")
-    p.add_argument("--blocks", type=int, default=None,
-                   help=f"number of held-out blocks (default {E.blocks}; --quick {QUICK['blocks']})")
-    p.add_argument("--items", type=int, default=None,
-                   help=f"items per zero-shot task (default {E.items}; --quick {QUICK['items']})")
+    number(p, "--seq-len", bounds=COUNT, default=None, help=f"held-out block length in tokens (default {E.seq_len})")
+    number(p, "--blocks", bounds=COUNT, default=None,
+           help=f"number of held-out blocks (default {E.blocks}; --quick {QUICK['blocks']})")
+    number(p, "--items", bounds=COUNT, default=None,
+           help=f"items per zero-shot task (default {E.items}; --quick {QUICK['items']})")
     p.add_argument("--recall-lengths", default=None, metavar="L,L",
                    help=f"passkey context lengths in tokens (default {listed(E.recall_lengths)}; --quick "
                    f"{listed(QUICK['recall_lengths'])}; the default is capped at the model's max_position_embeddings)")
     p.add_argument("--depths", default=None, metavar="D,D",
                    help=f"passkey needle depths in [0, 1] (default {listed(E.depths)}; --quick "
                    f"{listed(QUICK['depths'])})")
-    p.add_argument("--passkey-samples", type=int, default=None, metavar="N",
-                   help=f"passkeys per (length, depth) cell (default {E.passkey_samples})")
+    number(p, "--passkey-samples", bounds=COUNT, default=None, metavar="N",
+           help=f"passkeys per (length, depth) cell (default {E.passkey_samples})")
     p.add_argument("--mqar-pairs", default=None, metavar="N,N",
                    help=f"MQAR key-value pair counts (default {listed(E.mqar_pairs)}; --quick "
                    f"{listed(QUICK['mqar_pairs'])})")
@@ -76,9 +76,9 @@ def _add_size_args(p: argparse.ArgumentParser) -> None:
                    f"--quick {listed(QUICK['eff_lengths'])})")
     p.add_argument("--batch-sizes", default=None, metavar="B,B",
                    help=f"efficiency batch sizes (default {listed(E.batch_sizes)}; --quick {listed(QUICK['batch_sizes'])})")
-    p.add_argument("--decode-tokens", type=int, default=None, metavar="N",
-                   help=f"decode steps timed after each prefill (default {E.decode_tokens}; --quick "
-                   f"{QUICK['decode_tokens']})")
+    number(p, "--decode-tokens", bounds=NON_NEGATIVE, default=None, metavar="N",
+           help=f"decode steps timed after each prefill (default {E.decode_tokens}; --quick "
+           f"{QUICK['decode_tokens']})")
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:

@@ -5,15 +5,92 @@ constant it comes from), and the command line of a run."""
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import MIXERS, LigerConfig
 from ..errors import ConfigError
 from ..layer_scores import parse_auto
+from ..models import max_positions
 
 T = TypeVar("T")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors (an unknown flag, a value of the wrong type) on one line,
+    `liger CMD: error: ...`, exit code 2 -- the form of every other error a user can cause."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        self.exit(2)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric flag: low <= value (low < value if `open_low`), value <= high; floats must also
+    be finite. Attached to the flag's argparse action (`number`) and checked right after parsing
+    (`check_bounds`), before anything loads."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    note: str = ""  # appended to the message, e.g. "(0 = none)"
+
+    def describe(self, kind: type) -> str:
+        what = "a whole number" if kind is int else "a finite number"
+        low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.low, self.high))
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.open_low else '['}{low}, {high}]"
+        if self.low is not None:
+            return f"{what} {'>' if self.open_low else '>='} {low}"
+        return what if self.high is None else f"{what} <= {high}"
+
+    def ok(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def check(self, flag: str, value, kind: type) -> None:
+        if value is not None and not self.ok(value):
+            note = f" {self.note}" if self.note else ""
+            raise ConfigError(f"{flag} must be {self.describe(kind)}{note}, got {value!r}")
+
+
+COUNT = Bounds(1)  # a whole number >= 1: sizes, budgets, ranks
+NON_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, open_low=True)  # a finite float > 0: learning rates, timeouts
+SEED = Bounds(0, 2**32 - 1)
+PROBABILITY = Bounds(0, 1, open_low=True)
+
+
+def number(p, *names: str, bounds: Bounds, type: type = int, **kw) -> argparse.Action:
+    """`p.add_argument(*names, type=type, **kw)` for a numeric flag whose value must lie in `bounds`."""
+    action = p.add_argument(*names, type=type, **kw)
+    action.bounds = bounds
+    return action
+
+
+def _chosen_parsers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[argparse.ArgumentParser]:
+    """`parser` and the subcommand parsers that `args` went through (`liger bench model`: three)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            yield from _chosen_parsers(action.choices[getattr(args, action.dest)], args)
+
+
+def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """ConfigError naming the first numeric flag of the chosen command whose value lies outside its `Bounds`."""
+    for p in _chosen_parsers(parser, args):
+        for action in p._actions:
+            bounds = getattr(action, "bounds", None)
+            if bounds is not None:
+                bounds.check(action.option_strings[-1], getattr(args, action.dest, None), action.type)
 
 
 def listed(values) -> str:
@@ -32,6 +109,8 @@ def comma_list(text: str, item: Callable[[str], T] = str, flag: str = "", what: 
     rejects (ValueError) raises ConfigError: "`flag` takes comma-separated `what`; got ...". """
     try:
         return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{flag} takes comma-separated {what}; got {text!r}") from None
 
@@ -57,6 +136,9 @@ def positive_ints(flag: str, text: str) -> tuple[int, ...]:
 def _layer_range(part: str) -> range:
     if "-" in part[1:]:
         first, last = part.split("-", 1)
+        if int(last) < int(first):
+            raise ConfigError(f"--softmax-layers range {part!r} runs backwards (no layers); write it low-high, "
+                              f"e.g. {last}-{first}")
         return range(int(first), int(last) + 1)
     return range(int(part), int(part) + 1)
 
@@ -65,25 +147,29 @@ def layer_list(text: str) -> tuple[int, ...]:
     """"0,15" -> (0, 15); ranges too: "0-3,8" -> (0, 1, 2, 3, 8)."""
     ranges = comma_list(text, _layer_range, "--softmax-layers",
                         "layer indices or ranges such as 0,15 or 0-3, or auto:N")
-    return tuple(i for r in ranges for i in r)
+    layers = tuple(i for r in ranges for i in r)
+    if any(i < 0 for i in layers):
+        raise ConfigError(f"--softmax-layers takes layer indices >= 0 (the first layer is 0); got {text!r}")
+    return layers
 
 
 def add_liger_config_args(p: argparse.ArgumentParser) -> None:
     """The LigerConfig flags shared by `convert` and `linearize`."""
     p.add_argument("--mixer", default=LigerConfig.mixer, choices=list(MIXERS),
                    help=f"linear mixer (default: {LigerConfig.mixer}; see README's mixer table)")
-    p.add_argument("--window", type=int, default=LigerConfig.window,
-                   help="sliding-window length in tokens; 0 = no window branch")
+    number(p, "--window", bounds=NON_NEGATIVE, default=LigerConfig.window,
+           help="sliding-window length in tokens; 0 = no window branch; at most the model's "
+           "max_position_embeddings")
     p.add_argument(
         "--softmax-layers", default="", metavar="I,J",
         help="layers kept as softmax attention, e.g. 0,15 or 0-3,8; or auto:N, the N layers whose linearization "
         "costs most (attention-transfer error on a few batches; scores saved in layer_scores.json / the report)"
     )
-    p.add_argument("--softmax-every", type=int, default=LigerConfig.softmax_every, metavar="N",
-                   help="also keep one layer in every N as softmax (N=4: 3:1 linear to softmax)")
+    number(p, "--softmax-every", bounds=Bounds(0, note="(0 = off)"), default=LigerConfig.softmax_every, metavar="N",
+           help="also keep one layer in every N as softmax (N=4: 3:1 linear to softmax)")
     p.add_argument("--learnable-mix", action="store_true", help="train the window/linear weights per head")
-    p.add_argument("--num-slots", type=int, default=LigerConfig.num_slots, metavar="M",
-                   help=f"gsa: memory slots per head (default {LigerConfig.num_slots}, capped at the head dimension)")
+    number(p, "--num-slots", bounds=COUNT, default=LigerConfig.num_slots, metavar="M",
+           help=f"gsa: memory slots per head (default {LigerConfig.num_slots}, capped at the head dimension)")
     p.add_argument("--negative-eigen", action="store_true",
                    help="gated_deltanet: beta in [0, 2] (negative eigenvalues) instead of [0, 1]")
 
@@ -97,6 +183,13 @@ def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
                          softmax_every=args.softmax_every, learnable_mix=args.learnable_mix,
                          num_slots=args.num_slots, delta_negative_eigen=args.negative_eigen)
     return config, n_auto
+
+
+def check_against_model(config: LigerConfig, model_config) -> None:
+    """The LigerConfig flags against the model's transformers config (read before its weights): --window
+    within its context limit, --softmax-layers within its layers."""
+    config.check_window(max_positions(model_config), "--window")
+    config.check_layers(model_config.get_text_config().num_hidden_layers)
 
 
 def explicit_command(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> str:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..arch import spec_for
 from ..errors import ConfigError
+from ..memory_estimate import ModelShape, check_fits, job_device, training_bytes
+from ..models import read_config
 from ..teacher import BUNDLED
 from ..train.job import DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, run_linearize
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
 from ..train.recipes import LORA_LR, RECIPES, TRANSFER_LR
-from .flags import add_liger_config_args, liger_config_from_args, sci
+from .flags import (COUNT, NON_NEGATIVE, POSITIVE, SEED, Bounds, add_liger_config_args, check_against_model,
+                    liger_config_from_args, number, sci)
 
 DISTILL_WEIGHT = 1.0  # --distill-weight's default (the weight applies with --distill kl only)
 
@@ -37,62 +41,65 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=JobOptions.data,
                    help="builtin (default, offline), self (teacher-generated), a hub dataset id, a "
                    "save_to_disk folder, or .txt/.jsonl/.parquet files or folders")
-    p.add_argument("--seq-len", type=int, default=JobOptions.seq_len,
-                   help=f"tokens per packed training sequence (default {JobOptions.seq_len})")
-    p.add_argument("--eval-blocks", type=int, default=JobOptions.eval_blocks,
-                   help=f"held-out blocks for perplexity (default {JobOptions.eval_blocks})")
+    number(p, "--seq-len", bounds=Bounds(16), default=JobOptions.seq_len,
+           help=f"tokens per packed training sequence (default {JobOptions.seq_len})")
+    number(p, "--eval-blocks", bounds=COUNT, default=JobOptions.eval_blocks,
+           help=f"held-out blocks for perplexity (default {JobOptions.eval_blocks})")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help=f"training token budget (default {DEFAULT_MAX_TOKENS:,} unless --max-steps is given)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps budget")
-    p.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES,
-                   help=f"training time budget in minutes (default {DEFAULT_MAX_MINUTES:g}; 0 = none)")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate of the LoRA stage (default {sci(LORA_LR)})")
-    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
+    number(p, "--max-tokens", bounds=COUNT, default=None,
+           help=f"training token budget (default {DEFAULT_MAX_TOKENS:,} unless --max-steps is given)")
+    number(p, "--max-steps", bounds=COUNT, default=None, help="optimizer steps budget")
+    number(p, "--max-minutes", type=float, bounds=Bounds(0, note="(0 = no time budget)"), default=DEFAULT_MAX_MINUTES,
+           help=f"training time budget in minutes (default {DEFAULT_MAX_MINUTES:g}; 0 = none)")
+    number(p, "--lr", type=float, bounds=POSITIVE, default=None,
+           help=f"learning rate of the LoRA stage (default {sci(LORA_LR)})")
+    number(p, "--warmup-steps", bounds=NON_NEGATIVE, default=TrainConfig.warmup_steps)
     p.add_argument("--schedule", default=TrainConfig.schedule, choices=SCHEDULES)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
-                   help=f"sequences per micro-batch (default {TrainConfig.batch_size})")
-    p.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum,
-                   help=f"micro-batches per optimizer step (default {TrainConfig.grad_accum})")
-    p.add_argument("--lora-r", type=int, default=JobOptions.lora_r, help=f"LoRA rank (default {JobOptions.lora_r})")
-    p.add_argument("--transfer-lr", type=float, default=None,
-                   help=f"lolcats attention-transfer lr (default {sci(TRANSFER_LR)})")
-    p.add_argument("--transfer-tokens", type=int, default=None,
-                   help="token budget of the lolcats attention-transfer stage (default: same as --max-tokens)")
+    number(p, "--batch-size", bounds=COUNT, default=TrainConfig.batch_size,
+           help=f"sequences per micro-batch (default {TrainConfig.batch_size})")
+    number(p, "--grad-accum", bounds=COUNT, default=TrainConfig.grad_accum,
+           help=f"micro-batches per optimizer step (default {TrainConfig.grad_accum})")
+    number(p, "--lora-r", bounds=COUNT, default=JobOptions.lora_r, help=f"LoRA rank (default {JobOptions.lora_r})")
+    number(p, "--transfer-lr", type=float, bounds=POSITIVE, default=None,
+           help=f"lolcats attention-transfer lr (default {sci(TRANSFER_LR)})")
+    number(p, "--transfer-tokens", bounds=COUNT, default=None,
+           help="token budget of the lolcats attention-transfer stage (default: same as --max-tokens)")
     p.add_argument("--distill", default="none", choices=["none", "kl"], help="add KL(teacher || student)")
-    p.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
-                   help=f"weight of the KL term (default {DISTILL_WEIGHT:g})")
+    number(p, "--distill-weight", type=float, bounds=NON_NEGATIVE, default=None,
+           help=f"weight of the KL term, with --distill kl (default {DISTILL_WEIGHT:g})")
     p.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                    help="bf16 autocast or fp32; auto (default): bf16 on a GPU with bf16 or a CPU with bf16 units "
                         "(AVX512_BF16, AMX, Arm BF16), fp32 elsewhere (emulated bf16 is 3-4x slower; "
                         "see docs/PERFORMANCE.md)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
-                   help="optimizer steps between checkpoints")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    number(p, "--checkpoint-every", bounds=Bounds(0, note="(0 = at the end of each stage only)"),
+           default=TrainConfig.checkpoint_every, help="optimizer steps between checkpoints")
+    number(p, "--seed", bounds=SEED, default=TrainConfig.seed)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.work/")
     p.add_argument("--no-merge", action="store_true", help="save the LoRA adapter separately (out/adapter)")
-    p.add_argument("--sequence-parallel", type=int, default=JobOptions.sequence_parallel, metavar="N",
-                   help="under torchrun: split every sequence over N processes (LASP-2; the liger recipe, "
-                   "all layers linearized); the processes form WORLD_SIZE / N data-parallel replicas "
-                   f"(default {JobOptions.sequence_parallel})")
+    number(p, "--sequence-parallel", bounds=COUNT, default=JobOptions.sequence_parallel, metavar="N",
+           help="under torchrun: split every sequence over N processes (LASP-2; the liger recipe, "
+           "all layers linearized); the processes form WORLD_SIZE / N data-parallel replicas "
+           f"(default {JobOptions.sequence_parallel})")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the frozen weights over the processes (FSDP2), for models that do "
                    "not fit one device; the trained tensors stay replicated (see docs/SCALING.md)")
-    p.add_argument("--dist-timeout", type=float, default=JobOptions.dist_timeout, metavar="SECONDS",
-                   help="under torchrun: how long to wait for the other processes at the rendezvous and at "
-                   f"every collective before failing with an error (default {JobOptions.dist_timeout:g})")
+    number(p, "--dist-timeout", type=float, bounds=POSITIVE, default=JobOptions.dist_timeout, metavar="SECONDS",
+           help="under torchrun: how long to wait for the other processes at the rendezvous and at "
+           f"every collective before failing with an error (default {JobOptions.dist_timeout:g})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
-    if args.seq_len < 16:
-        raise ConfigError("--seq-len must be >= 16")
+    if args.distill_weight is not None and args.distill != "kl":
+        raise ConfigError(f"--distill-weight {args.distill_weight:g} weighs the KL term of --distill kl, which is "
+                          "off; add --distill kl or drop --distill-weight")
+    distill_weight = DISTILL_WEIGHT if args.distill_weight is None else args.distill_weight
     max_tokens = args.max_tokens
     if max_tokens is None and args.max_steps is None:
         max_tokens = DEFAULT_MAX_TOKENS
@@ -108,7 +115,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         model=args.model, out=args.out or f"runs/liger-{name}", recipe=args.recipe,
         liger=liger, softmax_auto=softmax_auto, data=args.data,
         seq_len=args.seq_len, eval_blocks=args.eval_blocks,
-        distill_weight=args.distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
+        distill_weight=distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
         transfer_lr=args.transfer_lr, transfer_tokens=args.transfer_tokens, lora_r=args.lora_r, train=train,
         merge=not args.no_merge, resume=args.resume, grad_checkpointing=args.gradient_checkpointing,
         progress=not args.quiet, sequence_parallel=args.sequence_parallel, fsdp=args.fsdp,
@@ -116,8 +123,31 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     )
 
 
+def preflight(opts: JobOptions) -> None:
+    """The checks that need the model's config (read without the weights; skipped if it cannot be read so, the
+    load then says why): a supported architecture, --window within its context limit, one training micro-batch
+    within memory."""
+    config = read_config(opts.model)
+    if config is None:
+        return
+    spec_for(config)  # an unsupported architecture fails here, before any work
+    check_against_model(opts.liger, config)
+    if opts.fsdp:  # sharded weights: the estimate does not model them
+        return
+    t = opts.train
+    tokens = t.batch_size * -(-opts.seq_len // max(1, opts.sequence_parallel))
+    distill = opts.distill_weight > 0
+    parts = training_bytes(ModelShape(config), tokens, distill=distill, checkpointing=opts.grad_checkpointing)
+    fix = ("lower --batch-size (raise --grad-accum to keep the tokens per step) or --seq-len"
+           + ("" if opts.grad_checkpointing else ", or add --gradient-checkpointing")
+           + (", or drop --distill kl" if distill else ""))
+    check_fits(parts, f"training {opts.model} at --batch-size {t.batch_size:,} x --seq-len {opts.seq_len:,}", fix,
+               job_device())
+
+
 def cmd_linearize(args: argparse.Namespace) -> None:
     opts = options_from_args(args)
+    preflight(opts)
     report = run_linearize(opts)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return

@@ -30,7 +30,9 @@ from .text import chunk, paragraphs
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 TEXT_FIELDS = ("text", "content")
 INSTRUCTION_FIELDS = ("instruction", "input", "output")
-FIX = "pass text_field (--text-field) to name the column holding the text"
+# The command line has no flag for the column (--data takes the known fields only), so the fix names both routes.
+FIX = ("pass text_field=NAME to liger.data.load_corpus, or (for --data) rename the field holding the text to "
+       "'text' or 'content'")
 ONE_OBJECT = "each line must be one JSON object"
 
 ALPACA_WITH_INPUT = (

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_output_dir
+from ..atomic import atomic_output_dir, check_writable
 from ..data import load_corpus, pack
 from ..errors import CheckpointError, ConfigError, DataError
-from ..models import load_model
+from ..models import check_logits, load_model, max_positions, read_config
 from . import plots
 from .efficiency import measure
 from .lm_eval_adapter import check_tasks, run_lm_eval
+from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights
 from .perplexity import compare_lm
 from .recall import MQAR_KEYS, mqar_sweep, passkey_grid
 from .report import eval_markdown, run_header, summary_rows
@@ -104,7 +105,9 @@ def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if opts.decode_tokens < 0:
         raise ConfigError(f"--decode-tokens must be >= 0, got {opts.decode_tokens}")
-    if any(d < 0 or d > 1 for d in opts.depths) or not opts.depths:
+    if opts.lm_eval_limit is not None and opts.lm_eval_limit < 1:
+        raise ConfigError(f"--lm-eval-limit must be >= 1, got {opts.lm_eval_limit}")
+    if any(not 0 <= d <= 1 for d in opts.depths) or not opts.depths:  # `not 0 <= d` catches nan too
         raise ConfigError(f"--depths must be numbers between 0 and 1, got {list(opts.depths)}")
     if not opts.mqar_pairs or any(not 1 <= n <= len(MQAR_KEYS) for n in opts.mqar_pairs):
         raise ConfigError(f"--mqar-pairs must be between 1 and {len(MQAR_KEYS)}, got {list(opts.mqar_pairs)}")
@@ -147,8 +150,45 @@ def output_dir(opts: EvalOptions) -> Path:
     return out
 
 
+def memory_parts(opts: EvalOptions, shape: ModelShape) -> dict[str, float]:
+    """The estimated peak memory of `run_eval` (see liger.memory_estimate): both models' float32
+    weights (the teacher taken as the checkpoint's size: it is the model it was converted from), plus the
+    largest transient of the sections: lm (every position's log-probabilities of both models), recall (one
+    passkey prompt) and efficiency (the largest prefill); the teacher's softmax layers cache every token."""
+    transients = [{}]
+    if "lm" in opts.sections:
+        transients.append(forward_bytes(shape, opts.batch_size * opts.seq_len, full_logits=True))
+    if "recall" in opts.sections:
+        transients.append(forward_bytes(shape, max(opts.recall_lengths), cached_layers=shape.layers))
+    if "efficiency" in opts.sections:
+        tokens = max(opts.batch_sizes) * max(opts.eff_lengths)
+        transients.append(forward_bytes(shape, tokens, cached_layers=shape.layers))
+    return {"weights": 2 * inference_weights(shape, 4), **max(transients, key=lambda t: sum(t.values()))}
+
+
+def preflight(opts: EvalOptions) -> EvalOptions:
+    """Before anything loads: the options against the checkpoint's config (its context limit), the estimated
+    peak memory against the memory available. Returns the (possibly capped) options."""
+    config = read_config(opts.model)
+    if config is None:  # a missing or broken checkpoint: the load says why
+        return opts
+    check_options(opts, max_positions(config))
+    fix = ("lower --batch-size, --seq-len, --lengths, --batch-sizes or --recall-lengths (or leave out sections "
+           "with --sections)")
+    check_fits(memory_parts(opts, ModelShape(config)), f"eval of {opts.model}", fix)
+    return opts
+
+
+def _check_forward(model: torch.nn.Module, spec: str) -> None:
+    """CheckpointError if a first short forward pass of `model` gives NaN or +inf logits."""
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.arange(8).remainder(vocab)[None].to(next(model.parameters()).device)
+    with torch.no_grad():
+        check_logits(model(ids, use_cache=False).logits, spec)
+
+
 def _load(opts: EvalOptions):
-    student, tok = load_model(opts.model, require_liger=True)
+    student, tok = load_model(opts.model, require_liger=True, finite=True)
     student = student.float().eval()
     teacher_spec = opts.teacher or recorded_teacher(opts.model, student) or "bundled"
     limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
@@ -156,8 +196,10 @@ def _load(opts: EvalOptions):
     if "lm_eval" in opts.sections:
         check_tasks(list(opts.tasks))  # unknown names and unreachable datasets fail now, not after an hour
     _log(f"teacher: {teacher_spec}", opts)
-    teacher, teacher_tok = load_model(teacher_spec, dtype=torch.float32)
+    teacher, teacher_tok = load_model(teacher_spec, dtype=torch.float32, finite=True)
     teacher.eval()
+    for model, spec in ((student, opts.model), (teacher, teacher_spec)):
+        _check_forward(model, spec)
     if teacher.config.get_text_config().vocab_size != student.config.get_text_config().vocab_size or (
         teacher_tok.get_vocab() != tok.get_vocab()
     ):
@@ -181,6 +223,8 @@ def run_eval(opts: EvalOptions) -> dict:
     """Run the selected sections on both models; write eval.json, eval.md and the plots into the output folder
     (atomically); return the results (as in eval.json, plus "out")."""
     out = output_dir(opts)
+    check_writable(out)
+    preflight(opts)
     student, teacher, teacher_spec, tok = _load(opts)
     models = {"teacher": teacher, "linearized": student}
     header = run_header()

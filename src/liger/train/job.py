@@ -2,7 +2,10 @@
 
 Work in progress lives in `<out>.work/` (checkpoints, training log, the metrics measured so far); the
 output folder appears only at the end, complete (atomic rename). `--resume` continues from the work
-folder; a successful run removes it.
+folder; a successful run removes it. Before any work the run checks what a user can get wrong (the flags,
+that `--out` can be written; with `--resume`, every file of the work folder, which is read as safetensors
+and JSON only); the work folder is created (or, without `--resume`, an old one replaced) only once the
+model and the data have loaded, and a failed run that created it and saved no checkpoint removes it again.
 
 Under torchrun / accelerate launch (WORLD_SIZE > 1) the job runs on every process: rank 0 loads first (hub
 downloads, the bundled teacher's conversion), every rank checks that it holds the same data, evaluation is
@@ -25,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..arch import ARCHITECTURES, model_type
-from ..atomic import atomic_output_dir
+from ..arch import ARCHITECTURES, arch_spec, model_type
+from ..atomic import atomic_file, atomic_output_dir, check_writable, remove_stale_siblings
 from ..config import LigerConfig
 from ..data import Corpus, load_corpus, pack
 from ..distributed.runtime import DEFAULT_TIMEOUT_S, ParallelContext, init_distributed
@@ -40,7 +43,8 @@ from ..layer_scores import resolve_auto
 from ..models import load_model
 from ..runinfo import header
 from ..surgery import linearize
-from .loop import Trainer, TrainConfig, read_checkpoint_state, resolve_precision
+from .loop import (START_OVER, Trainer, TrainConfig, check_checkpoint, check_fingerprint, check_safetensors,
+                   check_tensors_fit, read_checkpoint_state, read_json, read_tensors, resolve_precision)
 from .recipes import Stage, build_stages, count_parameters, trainable_parameters
 from .report import loss_plot, report_markdown
 
@@ -126,6 +130,7 @@ def _load_data(opts: JobOptions, tok, teacher):
 def run_linearize(opts: JobOptions) -> dict:
     """Run the whole job; returns the report (also written to `out/report.json`). Under torchrun (WORLD_SIZE
     > 1) every process runs it (see the module docstring); the process group is set up and torn down here."""
+    check_writable(opts.out)  # first: an unwritable --out fails before the process group or any model loads
     par = init_distributed(opts.dist_timeout, opts.sequence_parallel)
     try:
         return _run(opts if par.is_main else dataclasses.replace(opts, progress=False), par)
@@ -155,29 +160,24 @@ def _check_fsdp(opts: JobOptions, par: ParallelContext) -> None:
 
 def _run(opts: JobOptions, par: ParallelContext) -> dict:
     started = time.time()
-    _check_sequence_parallel(opts)
-    _check_fsdp(opts, par)
-    out, work = _prepare_work_folder(opts, par)
+    out, work = _check_start(opts, par)
     torch.manual_seed(opts.train.seed)
     opts = _with_precision(opts, par)
     model, tok, teacher = _load_models(opts, par)
+    arch_spec(model)  # an unsupported architecture fails here, before any work
     with par.main_first("loading the data"):
         corpus, train_blocks, heldout = _load_data(opts, tok, model)
     par.check_same(train_blocks, "training data")
     par.check_same(heldout, "held-out data")
     _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
-    metrics_path = work / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    opts = _convert(model, opts, par, metrics, train_blocks, heldout)
-    if par.is_main:
-        metrics_path.write_text(json.dumps(metrics, indent=2))
-    _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
-    model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks)
-    _log("held-out perplexity after training", opts)
-    metrics["student_ppl"] = perplexity(model, heldout, par)
-    report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
-    _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
-         f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
+    created = _open_work_folder(opts, par, out, work)
+    try:
+        opts, model, report = _convert_train_evaluate(opts, par, work, model, teacher, corpus, train_blocks,
+                                                      heldout, started)
+    except BaseException:
+        if created and par.is_main and not (work / "checkpoint" / "state.json").exists():
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave nothing behind
+        raise
     state = full_state_dict(model, par) if opts.fsdp else None  # every rank gathers the shards; rank 0 writes
     if par.is_main:
         _save(model, tok, out, work, report, opts, state)
@@ -186,22 +186,70 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     return report
 
 
-def _prepare_work_folder(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
-    """(output folder, work folder): a fresh work folder, or (--resume) the one holding the checkpoint."""
+def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, model, teacher, corpus,
+                            train_blocks, heldout, started: float):
+    """Linearize, train and measure `model`, keeping progress in `work`; returns (opts with the layers chosen,
+    the trained model, the report)."""
+    metrics_path = work / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    opts = _convert(model, opts, par, metrics, train_blocks, heldout)
+    if par.is_main:
+        with atomic_file(metrics_path) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+    _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
+    model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks)
+    _log("held-out perplexity after training", opts)
+    metrics["student_ppl"] = perplexity(model, heldout, par)
+    report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
+    _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
+         f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
+    return opts, model, report
+
+
+def _check_start(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
+    """(output folder, work folder), after the checks that need no model: the flags, the folders, and with
+    --resume every file of the work folder. Changes nothing on disk."""
+    _check_sequence_parallel(opts)
+    _check_fsdp(opts, par)
     out = Path(opts.out).expanduser()
     work = out.parent / (out.name + ".work")
+    check_writable(work, "the work folder")  # --out: checked by run_linearize
     if opts.resume:
-        if read_checkpoint_state(work) is None:
-            raise CheckpointError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
+        _check_work_folder(work)
+    return out, work
+
+
+def _check_work_folder(work: Path) -> None:
+    """Before a resumed run loads anything: the work folder holds a checkpoint of this format, and none of
+    its files is missing, truncated or corrupted (CheckpointError naming the file otherwise)."""
+    if check_checkpoint(work) is None:
+        raise CheckpointError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
+    metrics = read_json(work / "metrics.json") if (work / "metrics.json").exists() else {}
+    for key in ("teacher_ppl", "converted_ppl"):
+        if key in metrics and not isinstance(metrics[key], (int, float)):
+            raise CheckpointError(f"{work / 'metrics.json'} is corrupted (its {key!r} is not a number); {START_OVER}")
+    for path in sorted(work.glob("stage-*.json")):
+        result = read_json(path)
+        if not all(isinstance(result.get(k), (int, float)) for k in ("steps", "tokens", "seconds")):
+            raise CheckpointError(f"{path} is corrupted (no steps, tokens and seconds); {START_OVER}")
+    for path in sorted(work.glob("stage-*.safetensors")):
+        check_safetensors(path)
+
+
+def _open_work_folder(opts: JobOptions, par: ParallelContext, out: Path, work: Path) -> bool:
+    """Make the work folder ready once the run has passed its checks: a fresh one, or (--resume) the one
+    holding the checkpoint; remove what killed earlier writes of the output left beside it. Returns whether
+    this run created the work folder."""
     par.barrier("starting the run")  # every rank has read the work folder before rank 0 changes it
+    created = not opts.resume
     if par.is_main:
         if not opts.resume and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        for stale in work.parent.glob(f".{work.name}*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        for target in (out, work, work / "checkpoint"):
+            remove_stale_siblings(target)
     par.barrier("preparing the work folder")
-    return out, work
+    return created
 
 
 def _with_precision(opts: JobOptions, par: ParallelContext) -> JobOptions:
@@ -265,14 +313,21 @@ def _stages(model, teacher, opts: JobOptions, par: ParallelContext):
     return [dataclasses.replace(s, loss=sp_loss) for s in stages], sp_loss.context
 
 
-def _resume_point(opts: JobOptions, par: ParallelContext, work: Path, fingerprint: dict) -> dict | None:
+def _resume_point(opts: JobOptions, par: ParallelContext, work: Path, fingerprint: dict,
+                  stages: list[Stage]) -> dict | None:
     """The checkpoint to resume from (None: start from the beginning), checked against this run."""
     ckpt = read_checkpoint_state(work) if opts.resume else None
-    made_with = (ckpt or {}).get("fingerprint", {}).get("world_size", 1)
-    if ckpt and made_with != par.world:
+    if ckpt is None:
+        return None
+    made_with = ckpt["fingerprint"].get("world_size", 1)
+    if made_with != par.world:
         raise CheckpointError(f"the checkpoint in {work} was made by {made_with} process(es), this run has "
                               f"{par.world}; resume with the same number (torchrun --nproc-per-node ...), or "
                               "start over without --resume")
+    check_fingerprint(ckpt, fingerprint, work / "checkpoint")
+    if ckpt["stage"] not in [s.name for s in stages]:
+        raise CheckpointError(f"the checkpoint in {work / 'checkpoint'} is of a stage ({ckpt['stage']!r}) this "
+                              f"recipe does not have; {START_OVER}")
     return ckpt
 
 
@@ -285,7 +340,7 @@ def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, t
     fingerprint = opts.fingerprint()
     if par.distributed:
         fingerprint["world_size"] = par.world  # the global batch and data shards depend on it
-    ckpt = _resume_point(opts, par, work, fingerprint)
+    ckpt = _resume_point(opts, par, work, fingerprint, stages)
     resume_at = [s.name for s in stages].index(ckpt["stage"]) if ckpt else 0
     results, trained_params = [], 0
     for i, stage in enumerate(stages):
@@ -312,11 +367,14 @@ def _stage_config(stage: Stage, opts: JobOptions) -> TrainConfig:
 
 def _restore_stage(stage: Stage, params: dict, work: Path) -> dict:
     """Copy a finished stage's trained tensors back into `params`; returns its result."""
-    tensors = load_file(str(work / f"stage-{stage.name}.safetensors"))
+    path = work / f"stage-{stage.name}.safetensors"
+    tensors = read_tensors(path)
+    check_tensors_fit(tensors, params, path)
+    result = read_json(work / f"stage-{stage.name}.json")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[n])
-    return json.loads((work / f"stage-{stage.name}.json").read_text())
+    return result
 
 
 def _train_stage(trainer: Trainer, stage: Stage, opts: JobOptions, par: ParallelContext, work: Path,
@@ -335,8 +393,10 @@ def _train_stage(trainer: Trainer, stage: Stage, opts: JobOptions, par: Parallel
               "stopped_by": res.stopped_by, "final_loss": res.final_loss, "lr": cfg.lr,
               "trainable_parameters": count_parameters(params)}
     if par.is_main:
-        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(work / f"stage-{stage.name}.safetensors"))
-        (work / f"stage-{stage.name}.json").write_text(json.dumps(result))
+        with atomic_file(work / f"stage-{stage.name}.safetensors") as tmp:
+            save_file({n: p.detach().contiguous() for n, p in params.items()}, str(tmp))
+        with atomic_file(work / f"stage-{stage.name}.json") as tmp:
+            tmp.write_text(json.dumps(result))
     par.barrier(f"saving stage {stage.name}")
     return result
 

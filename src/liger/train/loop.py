@@ -4,7 +4,19 @@ and atomic checkpoints.
 
 Resuming restores the exact state: the trainable tensors, the optimizer, the position in
 the (seeded) data order and the RNG, so a run killed after step k and resumed ends with the same weights
-as an uninterrupted run.
+as an uninterrupted run (when no time budget steers the schedule: that follows the measured elapsed time).
+
+A checkpoint (`work_dir/checkpoint/`, replaced atomically) is safetensors and JSON only, so loading one runs
+no code:
+- `trainable.safetensors`: the trainable tensors;
+- `optimizer.safetensors`: every tensor of the optimizer state (`state.<i>.<name>`, i the parameter's
+  index in the optimizer) and the RNG states (`rng.torch`, the CPU generator's bytes; `rng.cuda`, the
+  training device's, on CUDA);
+- `optimizer.json`: the parameter groups' hyperparameters, any non-tensor optimizer state, Python's
+  `random` state (as JSON integers);
+- `state.json`: stage, step and token counters, elapsed seconds, data position, the run's fingerprint.
+A work folder of the older format (`optimizer.pt`, serialized Python objects whose loading can run code) is
+refused, never read.
 
 Several processes (torchrun, see liger.distributed): each data-parallel replica reads its own rows of every
 global batch, the gradients of the trainable tensors are summed over all ranks in one coalesced all-reduce
@@ -27,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -39,6 +52,11 @@ from ..runinfo import CPUINFO, cpu_flags
 Tensor = torch.Tensor
 
 
+CHECKPOINT_FILES = ("state.json", "trainable.safetensors", "optimizer.safetensors", "optimizer.json")
+OLD_FORMAT_FILES = ("optimizer.pt",)  # written by older versions; loading it could run code: never read
+STATE_KEYS = {"stage": str, "done": bool, "step": int, "tokens": int, "elapsed": (int, float), "position": int,
+              "fingerprint": dict}
+START_OVER = "rerun without --resume to start over"
 PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("cosine", "constant")
 ADAM_BETAS = (0.9, 0.95)
@@ -221,58 +239,73 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "train_config": asdict(self.cfg),
         }
+        tensors, meta = optimizer_to_files(self.opt.state_dict())
+        tensors["rng.torch"] = torch.get_rng_state()
+        device = self._device()
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        meta["python_rng"] = _python_rng_to_json(random.getstate())
         with atomic_output_dir(self.ckpt_dir, keep_other_files=False) as tmp:
             save_file({n: p.detach().contiguous() for n, p in self.params.items()}, str(tmp / "trainable.safetensors"))
-            torch.save(
-                {
-                    "optimizer": self.opt.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(),
-                },
-                tmp / "optimizer.pt",
-            )
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(meta))
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device
 
     def load_checkpoint(self) -> bool:
         """Restore this stage from `work_dir/checkpoint`; False if the checkpoint is of an earlier stage."""
         state = read_checkpoint_state(self.work_dir)
         if state is None:
             return False
-        if state["fingerprint"] != self.fingerprint:
-            raise CheckpointError(
-                f"the checkpoint in {self.ckpt_dir} was made with different settings "
-                f"({_diff(state['fingerprint'], self.fingerprint)}); rerun with the same flags, or without --resume "
-                "to start over"
-            )
+        check_fingerprint(state, self.fingerprint, self.ckpt_dir)
         if state["stage"] != self.stage:
             return False
-        tensors = load_file(str(self.ckpt_dir / "trainable.safetensors"))
-        if tensors.keys() != self.params.keys():
-            raise CheckpointError(f"{self.ckpt_dir} does not hold this stage's trainable tensors; start over")
+        path = self.ckpt_dir / "trainable.safetensors"
+        tensors = read_tensors(path)
+        check_tensors_fit(tensors, self.params, path)
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(tensors[n])
-        extra = torch.load(self.ckpt_dir / "optimizer.pt", weights_only=False)
-        self.opt.load_state_dict(extra["optimizer"])
-        torch.set_rng_state(extra["torch_rng"])
-        random.setstate(extra["python_rng"])
+        self._load_optimizer_and_rng()
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.data.position = state["position"]
         if self.par.is_main:
             self._truncate_log()
         return True
 
+    def _load_optimizer_and_rng(self) -> None:
+        tensors = read_tensors(self.ckpt_dir / "optimizer.safetensors")
+        meta = read_json(self.ckpt_dir / "optimizer.json")
+        try:
+            state_dict = optimizer_from_files(tensors, meta)
+            params = [p for group in self.opt.param_groups for p in group["params"]]
+            for i, values in state_dict["state"].items():
+                for name, value in values.items():
+                    if isinstance(value, Tensor) and value.dim() and value.shape != params[i].shape:
+                        raise ValueError(f"state.{i}.{name} has shape {list(value.shape)}, the parameter "
+                                         f"{list(params[i].shape)}")
+            self.opt.load_state_dict(state_dict)
+            random.setstate(_python_rng_from_json(meta["python_rng"]))
+            torch.set_rng_state(tensors["rng.torch"])
+            if "rng.cuda" in tensors and self._device().type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self._device())
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state in {self.ckpt_dir} does not fit this run ({e}); "
+                                  f"{START_OVER}") from None
+
     def _truncate_log(self) -> None:
-        """Drop log records of steps after the checkpoint (they will be trained again)."""
+        """Drop the log records written after the checkpoint's step (they will be trained again, this stage's
+        later steps and any later stage's)."""
         log_path = self.work_dir / "train_log.jsonl"
         if not log_path.is_file():
             return
-        keep = [
-            line for line in log_path.read_text().splitlines()
-            if line.strip() and not (json.loads(line)["stage"] == self.stage and json.loads(line)["step"] > self.step)
-        ]
+        records = read_log(log_path)
+        at = [i for i, r in enumerate(records) if r["stage"] == self.stage and r["step"] == self.step]
+        keep = records[: at[-1] + 1] if at else [r for r in records if r["stage"] != self.stage]
         tmp = log_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, log_path)
 
     # ---- training ----------------------------------------------------------------------------------
@@ -381,14 +414,168 @@ class Trainer:
         return StageResult(self.step, self.tokens, self.elapsed, stopped_by, last_loss)
 
 
-def read_checkpoint_state(work_dir: str | os.PathLike) -> dict | None:
-    path = Path(work_dir) / "checkpoint" / "state.json"
-    if not path.is_file():
-        return None
+def _corrupted(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} {why}; {START_OVER}")
+
+
+def read_json(path: str | os.PathLike, kind: type = dict):
+    """The JSON value in a work-folder file, which must be a `kind`; CheckpointError naming the file if it is
+    missing, unreadable, not JSON or not a `kind`."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise CheckpointError(f"{path} is corrupted; delete {path.parent} to start over") from None
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _corrupted(path, "is missing") from None
+    except UnicodeDecodeError:
+        raise _corrupted(path, "is corrupted (not text)") from None
+    except ValueError as e:
+        raise _corrupted(path, f"is corrupted or incomplete (not valid JSON: {e})") from None
+    except OSError as e:
+        raise _corrupted(path, f"cannot be read ({e})") from None
+    if not isinstance(value, kind):
+        raise _corrupted(path, f"is corrupted: it holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def check_safetensors(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a work-folder safetensors file, after checking its header (a zero-byte, truncated
+    or foreign file fails here); CheckpointError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise _corrupted(path, "is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupted(path, f"is corrupted or incomplete ({e})") from None
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a work-folder safetensors file (CheckpointError naming it if it cannot be read)."""
+    check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupted(Path(path), f"is corrupted or incomplete ({e})") from None
+
+
+def check_tensors_fit(tensors: dict[str, Tensor], params: dict[str, Tensor], path: Path) -> None:
+    """CheckpointError unless `tensors` (read from `path`) has exactly the names and shapes of `params`."""
+    if tensors.keys() != params.keys():
+        raise _corrupted(path, "does not hold this stage's trainable tensors")
+    for n, p in params.items():
+        if tensors[n].shape != p.shape:
+            raise _corrupted(path, f"holds {n} with shape {list(tensors[n].shape)}, not {list(p.shape)}")
+
+
+def optimizer_to_files(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
+    """An optimizer's state_dict as (safetensors tensors, JSON-able rest)."""
+    tensors, other = {}, {}
+    for i, values in state_dict["state"].items():
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{i}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(i), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
+
+
+def optimizer_from_files(tensors: dict[str, Tensor], meta: dict) -> dict:
+    """The inverse of `optimizer_to_files` (JSON lists in the parameter groups, such as betas, become tuples)."""
+    state: dict[int, dict] = {int(i): dict(values) for i, values in meta["state"].items()}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "state":
+            i, _, name = rest.partition(".")
+            state.setdefault(int(i), {})[name] = value
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _python_rng_to_json(state: tuple) -> list:
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def _python_rng_from_json(value: list) -> tuple:
+    version, internal, gauss_next = value
+    return version, tuple(internal), gauss_next
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a training log (JSON lines); an unterminated last line (a kill while it was written) is
+    dropped, any other unreadable line is a CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        lines = path.read_text().split("\n")[:-1]  # what follows the last newline was cut off
+    except UnicodeDecodeError:
+        raise _corrupted(path, "is corrupted (not text)") from None
+    except OSError as e:
+        raise _corrupted(path, f"cannot be read ({e})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = {}
+        if record is None:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("stage"), str) or not isinstance(
+                record.get("step"), int):
+            raise _corrupted(path, f"is corrupted (line {number} is not a training record)")
+        records.append(record)
+    return records
+
+
+def read_checkpoint_state(work_dir: str | os.PathLike) -> dict | None:
+    """The checkpoint's state.json (None: no checkpoint); refuses a checkpoint of the older format."""
+    ckpt = Path(work_dir) / "checkpoint"
+    old = [n for n in OLD_FORMAT_FILES if (ckpt / n).exists()]
+    if old and not (ckpt / "optimizer.safetensors").exists():
+        raise CheckpointError(f"the checkpoint in {ckpt} was written by an older liger (its {old[0]} could run code "
+                              f"when loaded, so liger no longer reads it); start over without --resume")
+    path = ckpt / "state.json"
+    if not path.exists():
+        return None
+    state = read_json(path)
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise _corrupted(path, f"is corrupted (no valid {key!r})")
+    return state
+
+
+def check_checkpoint(work_dir: str | os.PathLike) -> dict | None:
+    """Read and check every file of the checkpoint in `work_dir` and the training log against it, before a
+    resumed run loads anything; returns the checkpoint's state (None: there is none). CheckpointError, naming
+    the file and how to start over, on a missing, corrupted or old-format file."""
+    work_dir = Path(work_dir)
+    state = read_checkpoint_state(work_dir)
+    if state is None:
+        return None
+    ckpt = work_dir / "checkpoint"
+    check_safetensors(ckpt / "trainable.safetensors")
+    names = check_safetensors(ckpt / "optimizer.safetensors")
+    meta = read_json(ckpt / "optimizer.json")
+    if "rng.torch" not in names or not isinstance(meta.get("param_groups"), list) or not isinstance(
+            meta.get("state"), dict) or not isinstance(meta.get("python_rng"), list):
+        raise _corrupted(ckpt / "optimizer.json", "or optimizer.safetensors beside it is incomplete")
+    log = work_dir / "train_log.jsonl"
+    if log.exists() and state["step"] > 0:
+        if not any(r["stage"] == state["stage"] and r["step"] == state["step"] for r in read_log(log)):
+            raise _corrupted(log, f"is incomplete: it has no record of step {state['step']} of stage "
+                             f"{state['stage']!r}, where the checkpoint is")
+    return state
+
+
+def check_fingerprint(state: dict, fingerprint: dict, ckpt_dir: Path) -> None:
+    """CheckpointError unless the checkpoint `state` was made with this run's settings."""
+    if state["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"the checkpoint in {ckpt_dir} was made with different settings "
+            f"({_diff(state['fingerprint'], fingerprint)}); rerun with the same flags, or without --resume "
+            "to start over"
+        )
 
 
 def _diff(a: dict, b: dict) -> str:

@@ -9,6 +9,7 @@ Any recipe's cross-entropy stages can add a KL term to the teacher (`distill_wei
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,18 +91,30 @@ def _attention_transfer_finish(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_finite(name: str, value: float, positive: bool) -> None:
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ConfigError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+
+
 def build_stages(recipe: str, spec: ArchSpec, teacher: nn.Module | None, distill_weight: float,
                  lr: float | None, transfer_lr: float | None = None, lora_r: int = 8) -> list[Stage]:
     """The stages of `recipe` for a model whose attention is laid out as `spec` (LoRA target names);
     `teacher` (frozen original model) is needed only when distill_weight > 0."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    lr = LORA_LR if lr is None else lr  # `is None`: an lr of 0 is an error, not "the default"
+    transfer_lr = TRANSFER_LR if transfer_lr is None else transfer_lr
+    _check_finite("lr", lr, positive=True)
+    _check_finite("transfer_lr", transfer_lr, positive=True)
+    _check_finite("distill_weight", distill_weight, positive=False)
+    if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 1:
+        raise ConfigError(f"lora_r (the LoRA rank) must be a whole number >= 1, got {lora_r!r}")
     ce: LossFn = DistillLoss(teacher, distill_weight) if distill_weight > 0 else next_token_loss
 
     def lora(targets: list[str]) -> Stage:
         return Stage(
             name="lora",
-            lr=lr or LORA_LR,
+            lr=lr,
             prepare=lambda m: add_lora(m, targets, r=lora_r, alpha=2 * lora_r),
             loss=ce,
             finish=merge_lora,
@@ -110,7 +123,7 @@ def build_stages(recipe: str, spec: ArchSpec, teacher: nn.Module | None, distill
     if recipe == "liger":
         return [lora(spec.lora_targets("qkv"))]
     return [
-        Stage("attention_transfer", transfer_lr or TRANSFER_LR, _attention_transfer_prepare, attention_transfer_loss,
+        Stage("attention_transfer", transfer_lr, _attention_transfer_prepare, attention_transfer_loss,
               _attention_transfer_finish),
         lora(spec.lora_targets("qkvo")),
     ]

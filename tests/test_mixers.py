@@ -163,3 +163,50 @@ def test_gated_deltanet_negative_eigenvalues():
     assert not torch.allclose(full, plain)
     with pytest.raises(ConfigError, match="gated_deltanet"):
         liger.LigerConfig(mixer="gla", delta_negative_eigen=True)
+
+
+# --- normalize: the gated-linear mixers divided by their normaliser ------------------------------------------
+
+
+@pytest.mark.parametrize("mixer", ["gla", "hgrn2", "simple_gla", "retention"])
+@pytest.mark.parametrize("window", [0, 8])
+def test_normalized_prefill_then_decode_equals_full_forward_with_left_padding(mixer, window):
+    model = convert("qwen3", mixer, window, normalize=True)
+    ids, mask = left_padded(T=60)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        inc, cache = incremental(model, ids, mask, [(0, 33)] + [(t, t + 1) for t in range(33, 60)])
+    assert (inc - full)[mask.bool()].abs().max().item() <= ATOL
+    layer = cache.layers[0]
+    assert layer.state.shape == (3, 2, 16, 17)  # [B, Hk, D, D + 1]: the normaliser is the last column
+    assert liger.cache_nbytes(cache) == 3 * cache_footprint(model)["fixed"] + sum(  # + the softmax layer's KV
+        t.numel() * t.element_size() for t in (cache.layers[1].keys, cache.layers[1].values))
+
+
+@pytest.mark.parametrize("mixer", ["gla", "hgrn2", "simple_gla", "retention"])
+def test_normalized_linear_branch_is_a_weighted_average_of_the_values(mixer):
+    """Each output channel lies between the smallest and largest value of its head seen so far, at any length;
+    unnormalised, the same branch grows with the context."""
+    gen = torch.Generator().manual_seed(12)
+    q, k = 3 * torch.randn(1, 1500, 4, 16, generator=gen), torch.randn(1, 1500, 2, 16, generator=gen)
+    k = k + torch.linspace(-4, 8, 16)  # per-channel key offsets, as pretrained keys have: some decays near 1
+    v = torch.randn(1, 1500, 2, 16, generator=gen) + 1.0
+    cores = [liger.linearize(tiny_model("llama"), liger.LigerConfig(mixer=mixer, window=0, normalize=norm)
+                             ).model.layers[0].self_attn.core for norm in (True, False)]
+    o, _ = cores[0].linear(q, k, v, None, None, False)
+    vmax = v.cummax(1).values.repeat_interleave(2, dim=2)  # query head h reads key/value head h // 2
+    vmin = v.cummin(1).values.repeat_interleave(2, dim=2)
+    tol = 1e-2 * v.abs().max()  # the eps added to q'z pulls an output slightly towards 0 where q'z is small
+    assert (o <= vmax + tol).all() and (o >= vmin - tol).all() and o.abs().max() <= v.abs().max()
+    if mixer == "gla":  # decays near 1 in some key channels: the unnormalised sum grows with the context
+        raw, _ = cores[1].linear(q, k, v, None, None, False)
+        assert raw[:, 1000:].abs().mean() > 3 * raw[:, :20].abs().mean()
+
+
+def test_normalize_applies_to_the_unnormalised_mixers_only():
+    for mixer in ("gsa", "gated_deltanet", "lawcat", "lolcats"):
+        with pytest.raises(ConfigError, match="normalize applies to the mixers"):
+            liger.LigerConfig(mixer=mixer, normalize=True)
+    with pytest.raises(ConfigError, match="normalize must be true or false"):
+        liger.LigerConfig(normalize="yes")
+    assert liger.LigerConfig.from_dict({"mixer": "gla"}).normalize is False  # folders written before the field

@@ -8,6 +8,8 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Mixers whose linear branch is an unnormalised sum (`normalize` divides it by its normaliser).
+NORMALIZABLE = ("gla", "hgrn2", "simple_gla", "retention")
 MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats", "gsa", "gated_deltanet", "lawcat")
 # Feature maps each mixer supports; the first is its default.
 FEATURE_MAPS = {"gla": ("softmax",), "hgrn2": ("softmax",), "simple_gla": ("softmax",), "retention": ("softmax",),
@@ -39,6 +41,10 @@ class LigerConfig:
     num_slots: gsa's memory slots per head (64, as Liger-GSA; capped at the head dimension).
     delta_negative_eigen: gated_deltanet only: beta = 2 * sigmoid(.) in [0, 2] instead of sigmoid(.) in
         [0, 1], so the state transition I - beta k^T k can have negative eigenvalues.
+    normalize: gla, hgrn2, simple_gla and retention only: divide the linear branch by its normaliser,
+        o = q'S / (q'z + eps) with z_t = exp(g_t) z_{t-1} + k'_t (one more state column), so that it is a
+        weighted average of the values at every length instead of a sum that grows with the context (the other
+        mixers are normalised or bounded by construction).
     """
 
     mixer: str = "gla"
@@ -51,6 +57,7 @@ class LigerConfig:
     softmax_every: int = 0
     num_slots: int = 64
     delta_negative_eigen: bool = False
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -94,6 +101,11 @@ class LigerConfig:
         if self.delta_negative_eigen and self.mixer != "gated_deltanet":
             raise ConfigError("delta_negative_eigen applies to mixer 'gated_deltanet' only; drop it or use "
                               "--mixer gated_deltanet")
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(f"normalize must be true or false, got {self.normalize!r}")
+        if self.normalize and self.mixer not in NORMALIZABLE:
+            raise ConfigError(f"normalize applies to the mixers {', '.join(NORMALIZABLE)} (mixer {self.mixer!r} is "
+                              "normalised or bounded by construction); drop --normalize")
 
     def check_layers(self, num_layers: int) -> None:
         """Raise ConfigError if a softmax layer index is outside a model with `num_layers` layers."""

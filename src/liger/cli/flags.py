@@ -172,6 +172,9 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
            help=f"gsa: memory slots per head (default {LigerConfig.num_slots}, capped at the head dimension)")
     p.add_argument("--negative-eigen", action="store_true",
                    help="gated_deltanet: beta in [0, 2] (negative eigenvalues) instead of [0, 1]")
+    p.add_argument("--normalize", action="store_true",
+                   help="gla, hgrn2, simple_gla, retention: divide the linear branch by its normaliser q'z "
+                   "(a weighted average of the values at any length)")
 
 
 def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
@@ -181,7 +184,8 @@ def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
     config = LigerConfig(mixer=args.mixer, window=args.window,
                          softmax_layers=() if n_auto else layer_list(args.softmax_layers),
                          softmax_every=args.softmax_every, learnable_mix=args.learnable_mix,
-                         num_slots=args.num_slots, delta_negative_eigen=args.negative_eigen)
+                         num_slots=args.num_slots, delta_negative_eigen=args.negative_eigen,
+                         normalize=args.normalize)
     return config, n_auto
 
 

@@ -8,6 +8,10 @@ per-head decays (`retention`). phi is the config's feature map (softmax over the
     retention:  q' = phi(q), k' = phi(k),         g = log(1 - 2^(-5-h)), fixed per head (RetNet)
     S_t = diag(exp(g_t)) S_{t-1} + k'_t^T v_t,   o_t = q'_t S_t   (scale 1, no RoPE; S float32 [B, Hk, D, D])
 
+With `normalize`, the recurrence runs over the values [v, 1], so the state's last column is the normaliser
+z_t = exp(g_t) z_{t-1} + k'_t, and o_t = q'_t S_t / (q'_t z_t + eps): a weighted average of the values
+(S float32 [B, Hk, D, D + 1]).
+
 Per-channel gates run `chunk_gla`, per-head gates `chunk_simple_gla`. A single valid token of a cached
 sequence takes `decode_step`, which updates the state and the window ring in place (no allocation).
 """
@@ -26,6 +30,7 @@ from .base import FEATURE_MAPS, Kernels, MixerCore, Rope, State
 
 Tensor = torch.Tensor
 
+EPS = 1e-6  # added to the normaliser q'z (`normalize`)
 GLA_KERNELS = Kernels(chunk_gla, fused_recurrent_gla, chunk_gla_sp)
 SIMPLE_GLA_KERNELS = Kernels(chunk_simple_gla, fused_recurrent_simple_gla, chunk_simple_gla_sp)
 
@@ -70,10 +75,13 @@ class GLACore(MixerCore):
         if valid is not None:  # k' = 0, g = 0: padding neither writes nor decays
             m = valid[:, :, None].to(kf.dtype)
             kf, g = kf * m[..., None], g * (m[..., None] if g.dim() == 4 else m)
-        return self.kernels(qf, kf, v, g, state=state, want_state=want_state)
+        if not self.config.normalize:
+            return self.kernels(qf, kf, v, g, state=state, want_state=want_state)
+        o, state = self.kernels(qf, kf, with_ones(v), g, state=state, want_state=want_state)
+        return normalized(o), state
 
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.num_kv_heads, self.head_dim, self.head_dim),)
+        return ((self.num_kv_heads, self.head_dim, self.head_dim + self.config.normalize),)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, rope: Rope, scale: float, softcap: float | None,
                 valid: Tensor | None, cache: LigerLayerCache | None) -> Tensor:
@@ -102,8 +110,11 @@ class GLACore(MixerCore):
         qf, kf, g = (t[:, 0] for t in self.construct(q.float(), k.float()))
         if g.dim() == 2:  # one decay per head [B, Hk]: the same for every key channel
             g = g[..., None]
-        state = cache.state if cache.state is not None else kf.new_zeros(B, k.shape[2], D, v.shape[-1])
-        o, state = gla_step(state, qf, kf, v[:, 0].float(), g, in_place=True)
+        vf = with_ones(v[:, 0].float()) if self.config.normalize else v[:, 0].float()
+        state = cache.state if cache.state is not None else kf.new_zeros(B, k.shape[2], D, vf.shape[-1])
+        o, state = gla_step(state, qf, kf, vf, g, in_place=True)
+        if self.config.normalize:
+            o = normalized(o)
         if W > 0:
             qr, kr = rope(q, k)
             if cache.ring is None:  # decoding from an empty cache: an empty (invalid) window
@@ -114,6 +125,16 @@ class GLACore(MixerCore):
             cache.push_window(kr[:, 0], v[:, 0], torch.ones(B, dtype=torch.bool, device=q.device))
         cache.decoded(state)
         return o[:, None]
+
+
+def with_ones(v: Tensor) -> Tensor:
+    """The values [..., D] with a column of ones appended [..., D + 1] (float32): the normaliser's input."""
+    return torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], -1)
+
+
+def normalized(o: Tensor) -> Tensor:
+    """q'S / (q'z + EPS) from the output over [v, 1] (its last column q'z)."""
+    return o[..., :-1] / (o[..., -1:] + EPS)
 
 
 class HGRN2Core(GLACore):

@@ -177,10 +177,21 @@ def test_cli_end_to_end_and_deterministic(folders, tmp_path, monkeypatch):
         assert a["sections"][key] == b["sections"][key]  # same seed, same numbers
     for png in a["plots"]:
         assert (tmp_path / "a" / png).read_bytes()[:4] == b"\x89PNG"
-    assert set(a["plots"]) == {"lm_by_position.png", "passkey_teacher.png", "passkey_linearized.png", "mqar.png",
-                               "efficiency.png"}
+    assert set(a["plots"]) == {"lm_by_position.png", "lm_positions.png", "passkey_teacher.png",
+                               "passkey_linearized.png", "mqar.png", "efficiency.png"}
     md = (tmp_path / "a" / "eval.md").read_text()
     assert "| metric | teacher | linearized | ratio |" in md and "lm-eval liger_tiny_mc" in md
+    # out of domain and by position: --quick's 8 OOD blocks and a 2,048-token document, capped at the limit
+    lm = a["sections"]["lm"]
+    assert lm["ood"]["blocks"] == 8 and lm["ood"]["seq_len"] == 64 and "GNU licence texts" in lm["ood"]["data"]
+    assert lm["ood"]["tokens"] == 8 * 63 and 0 <= lm["ood"]["top1_agreement"] <= 1 and lm["ood"]["kl"] > 0
+    pos = lm["positions"]
+    assert pos["tokens"] == 1024 and pos["buckets"] == [[0, 512], [512, 1024]] and sum(pos["counts"]) == 1023
+    assert a["options"]["long_tokens"] == 1024
+    metrics = [r["metric"] for r in a["summary"]]
+    assert "out-of-domain perplexity" in metrics and "out-of-domain KL(teacher || linearized), nats/token" in metrics
+    assert "out-of-domain perplexity at positions 512-1K of a long document" in metrics
+    assert "| model | in-domain ppl | in-domain ratio |" in md and "| linearized |" in md and "| 512-1K | 512 |" in md
     assert a["command"].startswith("liger eval --model ") and "--quick" in a["command"] and a["command"] in md
     for png in a["plots"]:
         assert f"]({png})" in md
@@ -203,6 +214,25 @@ def test_cli_errors(folders, tmp_path, capsys, extra, match):
     assert main(_eval_args(folders, tmp_path / "o", *extra)) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_long_document_length_is_capped_or_refused():
+    from liger.errors import ConfigError
+    from liger.evaluate.runner import EvalOptions, check_options, memory_parts
+    from liger.memory_estimate import ModelShape
+
+    assert EvalOptions.quick(model="m").long_tokens == 2048 and EvalOptions(model="m").long_tokens == 8192
+    assert check_options(EvalOptions(model="m"), 4096).long_tokens == 4096  # the default is capped
+    assert check_options(EvalOptions(model="m", long_tokens=0), 4096).long_tokens == 0  # 0: no long document
+    with pytest.raises(ConfigError, match="--long-tokens 8192 is beyond the model's limit of 4096"):
+        check_options(EvalOptions(model="m", explicit_lengths=("long_tokens",)), 4096)
+    for bad in (dict(long_tokens=-1), dict(ood_blocks=0)):
+        with pytest.raises(ConfigError, match="must be >= "):
+            check_options(EvalOptions(model="m", **bad), 4096)
+    shape = ModelShape(tiny_model("llama", vocab_size=49152).config)
+    # the long document keeps both models' logits: 2 x 8192 x V float32 and a few chunks
+    parts = memory_parts(EvalOptions(model="m", sections=("lm",), batch_size=1, seq_len=64), shape)
+    assert parts["logits"] == pytest.approx((2 * 8192 + 6 * 256) * 49152 * 4)
 
 
 def test_missing_or_unloadable_model(folders, tmp_path, capsys):

@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 def args(setup, out, *extra):
     return ["linearize", "--model", str(setup / "model"), "--data", str(setup / "data.txt"), "--seq-len", "64",
-            "--eval-blocks", "2", "--max-steps", "6", "--checkpoint-every", "1", "--precision", "fp32", "--quiet",
+            "--eval-blocks", "2", "--long-tokens", "256", "--max-steps", "6", "--checkpoint-every", "1", "--precision", "fp32", "--quiet",
             "--out", str(out), *extra]
 
 
@@ -52,7 +52,15 @@ def test_default_recipe_writes_a_complete_output(setup, tmp_path):
     assert "| linearized, after training |" in (out / "report.md").read_text()
     assert not (tmp_path / "out.work").exists()
     table = comparison_table([out]).splitlines()  # the ablation table of docs/RESULTS.md is built this way
-    assert len(table) == 3 and f"{report['student_ppl']:.2f}" in table[2] and f"{report['ratio']:.3f}" in table[2]
+    ood = report["quality"]["trained"]["sets"]["ood"]
+    assert len(table) == 3 and f"| {ood['ratio']:.3f} | {ood['top1']:.3f} |" in table[2]
+    assert f"| {report['ratio']:.3f} |" in table[2]
+    for model in ("converted", "trained"):  # out-of-domain and by-position figures of both, before the merge
+        q = report["quality"][model]
+        assert set(q["sets"]) == {"heldout", "ood"} and q["positions"]["tokens"] == 256
+    assert report["quality"]["trained"]["sets"]["heldout"]["student_ppl"] == pytest.approx(report["student_ppl"],
+                                                                                           rel=1e-4)
+    assert "out-of-domain" in (out / "report.md").read_text() and (out / "positions.png").is_file()
     with pytest.raises(FileNotFoundError, match="output folder of `liger linearize`"):
         comparison_table([tmp_path])
     model = liger.from_pretrained(out)

@@ -44,7 +44,9 @@ class LigerConfig:
     normalize: gla, hgrn2, simple_gla and retention only: divide the linear branch by its normaliser,
         o = q'S / (q'z + eps) with z_t = exp(g_t) z_{t-1} + k'_t (one more state column), so that it is a
         weighted average of the values at every length instead of a sum that grows with the context (the other
-        mixers are normalised or bounded by construction).
+        mixers are normalised or bounded by construction). None (the default) turns it on for those four: the
+        unnormalised Liger-GLA branch collapses past the training length (docs/RESULTS.md, "Length").
+        Checkpoints written before the option existed read as False.
     """
 
     mixer: str = "gla"
@@ -57,7 +59,7 @@ class LigerConfig:
     softmax_every: int = 0
     num_slots: int = 64
     delta_negative_eigen: bool = False
-    normalize: bool = False
+    normalize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -101,6 +103,8 @@ class LigerConfig:
         if self.delta_negative_eigen and self.mixer != "gated_deltanet":
             raise ConfigError("delta_negative_eigen applies to mixer 'gated_deltanet' only; drop it or use "
                               "--mixer gated_deltanet")
+        if self.normalize is None:
+            self.normalize = self.mixer in NORMALIZABLE
         if not isinstance(self.normalize, bool):
             raise ConfigError(f"normalize must be true or false, got {self.normalize!r}")
         if self.normalize and self.mixer not in NORMALIZABLE:
@@ -153,6 +157,8 @@ class LigerConfig:
                 f"{source}: unknown liger config keys {sorted(unknown)}; this checkpoint may come from a newer "
                 "liger version"
             )
+        if "normalize" not in d:  # written before the option existed: those models are unnormalised
+            d = {**d, "normalize": False}
         try:
             return cls(**d)
         except ConfigError as e:

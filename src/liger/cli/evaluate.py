@@ -58,6 +58,12 @@ def _add_size_args(p: argparse.ArgumentParser) -> None:
     number(p, "--seq-len", bounds=COUNT, default=None, help=f"held-out block length in tokens (default {E.seq_len})")
     number(p, "--blocks", bounds=COUNT, default=None,
            help=f"number of held-out blocks (default {E.blocks}; --quick {QUICK['blocks']})")
+    number(p, "--ood-blocks", bounds=COUNT, default=None,
+           help=f"out-of-domain held-out blocks (GNU licence texts; default {E.ood_blocks}; --quick "
+           f"{QUICK['ood_blocks']})")
+    number(p, "--long-tokens", bounds=NON_NEGATIVE, default=None,
+           help=f"tokens of the long out-of-domain document for perplexity by position (default {E.long_tokens}, "
+           f"capped at the model's max_position_embeddings; --quick {QUICK['long_tokens']}; 0 = none)")
     number(p, "--items", bounds=COUNT, default=None,
            help=f"items per zero-shot task (default {E.items}; --quick {QUICK['items']})")
     p.add_argument("--recall-lengths", default=None, metavar="L,L",
@@ -88,10 +94,11 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
               lm_eval_limit=args.lm_eval_limit, data=args.data, batch_size=args.batch_size, seed=args.seed,
               progress=not args.quiet, command=explicit_command(args.parser, args, ["liger", "eval"]))
     for name, value in [("seq_len", args.seq_len), ("blocks", args.blocks), ("items", args.items),
-                        ("decode_tokens", args.decode_tokens), ("passkey_samples", args.passkey_samples)]:
+                        ("decode_tokens", args.decode_tokens), ("passkey_samples", args.passkey_samples),
+                        ("ood_blocks", args.ood_blocks), ("long_tokens", args.long_tokens)]:
         if value is not None:
             kw[name] = value
-    explicit = set()
+    explicit = {"long_tokens"} if args.long_tokens is not None else set()
     for name, flag, value, parse in [
         ("recall_lengths", "--recall-lengths", args.recall_lengths, ints),
         ("depths", "--depths", args.depths, floats),
@@ -102,7 +109,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         if value is not None:
             kw[name] = parse(flag, value)
             explicit.add(name)
-    kw["explicit_lengths"] = tuple(sorted(explicit & {"recall_lengths", "eff_lengths"}))
+    kw["explicit_lengths"] = tuple(sorted(explicit & {"recall_lengths", "eff_lengths", "long_tokens"}))
     return EvalOptions.quick(**kw) if args.quick else EvalOptions(**kw)
 
 

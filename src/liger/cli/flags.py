@@ -31,20 +31,21 @@ class Parser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Bounds:
-    """The range of a numeric flag: low <= value (low < value if `open_low`), value <= high; floats must also
+    """The range of a numeric flag: low <= value (low < value if `open_low`), value <= high (< if `open_high`); floats must also
     be finite. Attached to the flag's argparse action (`number`) and checked right after parsing
     (`check_bounds`), before anything loads."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
     note: str = ""  # appended to the message, e.g. "(0 = none)"
 
     def describe(self, kind: type) -> str:
         what = "a whole number" if kind is int else "a finite number"
         low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.low, self.high))
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.open_low else '['}{low}, {high}]"
+            return f"{what} in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
         if self.low is not None:
             return f"{what} {'>' if self.open_low else '>='} {low}"
         return what if self.high is None else f"{what} <= {high}"
@@ -54,7 +55,7 @@ class Bounds:
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
 
     def check(self, flag: str, value, kind: type) -> None:
         if value is not None and not self.ok(value):
@@ -172,9 +173,10 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
            help=f"gsa: memory slots per head (default {LigerConfig.num_slots}, capped at the head dimension)")
     p.add_argument("--negative-eigen", action="store_true",
                    help="gated_deltanet: beta in [0, 2] (negative eigenvalues) instead of [0, 1]")
-    p.add_argument("--normalize", action="store_true",
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="gla, hgrn2, simple_gla, retention: divide the linear branch by its normaliser q'z "
-                   "(a weighted average of the values at any length)")
+                   "(a weighted average of the values at any length); on by default for those mixers, "
+                   "--no-normalize gives the Liger paper's unnormalised branch")
 
 
 def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:

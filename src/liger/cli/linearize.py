@@ -10,9 +10,10 @@ from ..errors import ConfigError
 from ..memory_estimate import ModelShape, check_fits, job_device, training_bytes
 from ..models import read_config
 from ..teacher import BUNDLED
-from ..train.job import DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, run_linearize
+from ..train.job import DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, run_linearize, summary_line
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
-from ..train.recipes import LORA_LR, RECIPES, TRANSFER_LR
+from ..mixers.attention import ALIGNMENT_METRICS
+from ..train.recipes import ALIGN_LR, LORA_LR, RECIPES, TRANSFER_LR, uses_teacher
 from .flags import (COUNT, NON_NEGATIVE, POSITIVE, SEED, Bounds, add_liger_config_args, check_against_model,
                     liger_config_from_args, number, sci)
 
@@ -29,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=JobOptions.model, help=f"model folder, hub id or {JobOptions.model!r} (default)")
     p.add_argument("--out", default=None, help="output folder (default: runs/liger-<model>)")
     p.add_argument("--recipe", default=JobOptions.recipe, choices=RECIPES,
-                   help="liger: LoRA on q/k/v; lolcats: attention transfer, then LoRA on q/k/v/o")
+                   help="liger: LoRA on q/k/v, cross-entropy; lolcats: attention transfer of the feature maps, then "
+                   "LoRA on q/k/v/o; align: each layer's output fit to the teacher's attention (LoRA on q/k/v "
+                   "and the mixer's parameters); distill: KL to the teacher; staged: align, then distill "
+                   "(default %(default)s)")
     add_liger_config_args(p)
     _add_data_args(p)
     _add_training_args(p)
@@ -44,7 +48,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     number(p, "--seq-len", bounds=Bounds(16), default=JobOptions.seq_len,
            help=f"tokens per packed training sequence (default {JobOptions.seq_len})")
     number(p, "--eval-blocks", bounds=COUNT, default=JobOptions.eval_blocks,
-           help=f"held-out blocks for perplexity (default {JobOptions.eval_blocks})")
+           help=f"held-out blocks for perplexity, in-domain and out-of-domain (default {JobOptions.eval_blocks})")
+    number(p, "--long-tokens", bounds=NON_NEGATIVE, default=JobOptions.long_tokens,
+           help="tokens of the long out-of-domain document whose perplexity by position the report shows, capped "
+           f"at the model's context limit (default {JobOptions.long_tokens}; 0 = none)")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +70,18 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
            help=f"micro-batches per optimizer step (default {TrainConfig.grad_accum})")
     number(p, "--lora-r", bounds=COUNT, default=JobOptions.lora_r, help=f"LoRA rank (default {JobOptions.lora_r})")
     number(p, "--transfer-lr", type=float, bounds=POSITIVE, default=None,
-           help=f"lolcats attention-transfer lr (default {sci(TRANSFER_LR)})")
+           help=f"lr of the lolcats attention transfer (default {sci(TRANSFER_LR)}) and of the align stage "
+           f"(default {sci(ALIGN_LR)})")
+    p.add_argument("--align-metric", default=JobOptions.align_metric, choices=ALIGNMENT_METRICS,
+                   help="align stage: the error of each layer's output to the teacher's attention output: mse, nmse "
+                   "(MSE / mean square of the target) or cosine (default %(default)s)")
+    number(p, "--align-fraction", type=float, bounds=Bounds(0, 1, open_low=True, open_high=True),
+           default=JobOptions.align_fraction,
+           help="staged recipe: the share of the token/step/time budget spent on alignment (default %(default)s)")
+    number(p, "--kl-weight", type=float, bounds=NON_NEGATIVE, default=JobOptions.kl_weight,
+           help="distill/staged recipes: weight of KL(teacher || student) (default %(default)s)")
+    number(p, "--ce-weight", type=float, bounds=NON_NEGATIVE, default=JobOptions.ce_weight,
+           help="distill/staged recipes: weight of the next-token cross-entropy (default %(default)s)")
     number(p, "--transfer-tokens", bounds=COUNT, default=None,
            help="token budget of the lolcats attention-transfer stage (default: same as --max-tokens)")
     p.add_argument("--distill", default="none", choices=["none", "kl"], help="add KL(teacher || student)")
@@ -117,6 +135,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         seq_len=args.seq_len, eval_blocks=args.eval_blocks,
         distill_weight=distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
         transfer_lr=args.transfer_lr, transfer_tokens=args.transfer_tokens, lora_r=args.lora_r, train=train,
+        kl_weight=args.kl_weight, ce_weight=args.ce_weight, align_metric=args.align_metric,
+        align_fraction=args.align_fraction, long_tokens=args.long_tokens,
         merge=not args.no_merge, resume=args.resume, grad_checkpointing=args.gradient_checkpointing,
         progress=not args.quiet, sequence_parallel=args.sequence_parallel, fsdp=args.fsdp,
         dist_timeout=args.dist_timeout,
@@ -136,7 +156,7 @@ def preflight(opts: JobOptions) -> None:
         return
     t = opts.train
     tokens = t.batch_size * -(-opts.seq_len // max(1, opts.sequence_parallel))
-    distill = opts.distill_weight > 0
+    distill = uses_teacher(opts.recipe, opts.recipe_options())
     parts = training_bytes(ModelShape(config), tokens, distill=distill, checkpointing=opts.grad_checkpointing)
     fix = ("lower --batch-size (raise --grad-accum to keep the tokens per step) or --seq-len"
            + ("" if opts.grad_checkpointing else ", or add --gradient-checkpointing")
@@ -151,6 +171,5 @@ def cmd_linearize(args: argparse.Namespace) -> None:
     report = run_linearize(opts)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
-    print(f"wrote {opts.out}: held-out perplexity {report['student_ppl']:.2f} vs. teacher "
-          f"{report['teacher_ppl']:.2f} ({report['ratio']:.2f}x); {report['tokens_trained']:,} tokens in "
+    print(f"wrote {opts.out}: {summary_line(report)}; {report['tokens_trained']:,} tokens in "
           f"{report['train_seconds'] / 60:.1f} min (see {opts.out}/report.md)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..plotting import pyplot, save_figure
+from .quality import position_plot
 
 LABELS = {"teacher": "teacher", "student": "linearized", "linearized": "linearized"}
 
@@ -99,6 +100,11 @@ def draw_all(sec: dict, folder: str | Path) -> list[str]:
     if "lm" in sec:
         nll_by_position(sec["lm"], folder / "lm_by_position.png")
         names.append("lm_by_position.png")
+        pos = sec["lm"].get("positions")
+        if pos:
+            position_plot({"teacher": pos["teacher_ppl"], "linearized": pos["student_ppl"]}, pos["buckets"],
+                          folder / "lm_positions.png")
+            names.append("lm_positions.png")
     if "recall" in sec:
         for label, rows in sec["recall"]["passkey"].items():
             passkey_heatmap(rows, f"passkey retrieval: {LABELS.get(label, label)}", folder / f"passkey_{label}.png")

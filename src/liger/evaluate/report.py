@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..runinfo import command_line, machine_in_words, now
 from .lm_eval_adapter import PREFERRED_METRIC
+from .quality import bucket_label, quality_markdown, set_figures
 
 
 def run_header(argv: list[str] | None = None) -> dict:
@@ -29,6 +30,15 @@ def summary_rows(sec: dict) -> list[dict]:
         add("held-out perplexity", lm["teacher"]["perplexity"], lm["student"]["perplexity"], "lower")
         add("top-1 agreement with the teacher", 1.0, lm["top1_agreement"], "higher")
         add("KL(teacher || linearized), nats/token", 0.0, lm["kl"], "lower")
+        if "ood" in lm:
+            add("out-of-domain perplexity", lm["ood"]["teacher"]["perplexity"], lm["ood"]["student"]["perplexity"],
+                "lower")
+            add("out-of-domain top-1 agreement with the teacher", 1.0, lm["ood"]["top1_agreement"], "higher")
+            add("out-of-domain KL(teacher || linearized), nats/token", 0.0, lm["ood"]["kl"], "lower")
+        pos = lm.get("positions")
+        if pos:
+            add(f"out-of-domain perplexity at positions {bucket_label(pos['buckets'][-1])} of a long document",
+                pos["teacher_ppl"][-1], pos["student_ppl"][-1], "lower")
     for name, r in sec.get("tasks", {}).items():
         for metric in ("acc", "acc_norm"):
             add(f"{name} {metric} (chance {r['teacher']['chance']:.2f}, n={r['teacher']['n']})",
@@ -64,7 +74,7 @@ def _fmt(x) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:,.4g}" if abs(x) < 1e5 else f"{x:,.0f}"
+        return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
     return str(x)
 
 
@@ -97,6 +107,16 @@ def eval_markdown(res: dict) -> str:
                   "agreement = fraction of positions where both models' argmax agree; KL(teacher || linearized) = "
                   "mean over positions of the sum over the vocabulary, in nats.", "",
                   "![NLL by position](lm_by_position.png)"]
+        if "ood" in lm:
+            sets = {"heldout": set_figures(lm), "ood": set_figures(lm["ood"])}
+            lines += ["", "### Out of the training domain, and by position on a long document", "",
+                      f"In-domain: the held-out blocks above ({lm['data']}). Out-of-domain (OOD): "
+                      f"{lm['ood']['blocks']} blocks of {lm['ood']['seq_len']} tokens of {lm['ood']['data']} "
+                      "(liger.data.ood); the long document shares no document or paragraph with the OOD blocks.",
+                      ""]
+            lines += quality_markdown(None, {"sets": sets, "positions": lm.get("positions")},
+                                      {"heldout": "in-domain", "ood": "OOD"}, row_names=("converted", "linearized"),
+                                      plot="lm_positions.png" if lm.get("positions") else None).rstrip("\n").split("\n")
     if "tasks" in sec:
         lines += ["", "## Zero-shot multiple choice (offline, from held-out text)", "",
                   "Scored like lm-eval-harness: the summed log-likelihood of \" \" + choice after the context (acc) "

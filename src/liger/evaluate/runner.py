@@ -1,8 +1,10 @@
 """`liger eval`: the linearized model and its teacher side by side, on the same inputs.
 
-Sections (each optional): lm (held-out perplexity, top-1 agreement, KL to the teacher), tasks (offline
-zero-shot cloze and continuation multiple choice), recall (passkey grid and MQAR), efficiency (prefill and
-decode speed, memory), lm_eval (lm-evaluation-harness tasks). Writes eval.json, eval.md and PNG plots.
+Sections (each optional): lm (perplexity, top-1 agreement and KL to the teacher on held-out in-domain blocks
+and on out-of-domain blocks, liger.data.ood; perplexity by position bucket on one long out-of-domain document),
+tasks (offline zero-shot cloze and continuation multiple choice), recall (passkey grid and MQAR), efficiency
+(prefill and decode speed, memory), lm_eval (lm-evaluation-harness tasks). Writes eval.json, eval.md and PNG
+plots.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_output_dir, check_writable
 from ..data import load_corpus, pack
+from ..data.ood import OOD_DESCRIPTION, ood_eval_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import check_logits, load_model, max_positions, read_config
 from . import plots
@@ -24,6 +27,7 @@ from .efficiency import measure
 from .lm_eval_adapter import check_tasks, run_lm_eval
 from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights
 from .perplexity import compare_lm
+from .quality import compare_positions
 from .recall import MQAR_KEYS, mqar_sweep, passkey_grid
 from .report import eval_markdown, run_header, summary_rows
 from .tasks import cloze_items, continuation_items, num_requests, score_items
@@ -32,8 +36,9 @@ SECTIONS = ("lm", "tasks", "recall", "efficiency", "lm_eval")
 DEFAULT_SECTIONS = ("lm", "tasks", "recall", "efficiency")  # lm_eval joins them when tasks are given
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 # `EvalOptions.quick`: small sizes for a first look (about 5-10 minutes on a 2-core CPU, bundled teacher).
-QUICK = dict(blocks=8, items=40, recall_lengths=(256, 512, 1024), depths=(0.0, 0.5, 1.0), mqar_pairs=(4, 8),
-             eff_lengths=(256, 512, 1024), batch_sizes=(1, 2), decode_tokens=4)
+QUICK = dict(blocks=8, ood_blocks=8, long_tokens=2048, items=40, recall_lengths=(256, 512, 1024),
+             depths=(0.0, 0.5, 1.0), mqar_pairs=(4, 8), eff_lengths=(256, 512, 1024), batch_sizes=(1, 2),
+             decode_tokens=4)
 
 
 @dataclass
@@ -47,6 +52,8 @@ class EvalOptions:
     data: str = "builtin"
     seq_len: int = 512
     blocks: int = 24
+    ood_blocks: int = 24  # out-of-domain blocks of seq_len tokens (liger.data.ood)
+    long_tokens: int = 8192  # the long out-of-domain document (0: none); capped at the model's limit
     items: int = 100
     recall_lengths: tuple[int, ...] = DEFAULT_LENGTHS
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -61,7 +68,8 @@ class EvalOptions:
     seed: int = 0
     progress: bool = True
     command: str | None = None  # recorded in the report; default: sys.argv
-    # Length lists the user gave explicitly: beyond the model's limit they are an error; defaults are capped.
+    # Lengths the user gave explicitly ("recall_lengths", "eff_lengths", "long_tokens"): beyond the model's limit
+    # they are an error; defaults are capped.
     explicit_lengths: tuple[str, ...] = ()
 
     @classmethod
@@ -99,10 +107,13 @@ def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
         raise ConfigError("the lm_eval section needs --tasks (e.g. --tasks piqa,arc_easy or a task YAML path)")
     if opts.tasks and "lm_eval" not in opts.sections:
         raise ConfigError("--tasks is given but --sections leaves out lm_eval; add it to --sections")
-    for name, value in [("--seq-len", opts.seq_len), ("--blocks", opts.blocks), ("--items", opts.items),
+    for name, value in [("--seq-len", opts.seq_len), ("--blocks", opts.blocks), ("--ood-blocks", opts.ood_blocks),
+                        ("--items", opts.items),
                         ("--passkey-samples", opts.passkey_samples), ("--batch-size", opts.batch_size)]:
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if opts.long_tokens < 0:
+        raise ConfigError(f"--long-tokens must be >= 0, got {opts.long_tokens}")
     if opts.decode_tokens < 0:
         raise ConfigError(f"--decode-tokens must be >= 0, got {opts.decode_tokens}")
     if opts.lm_eval_limit is not None and opts.lm_eval_limit < 1:
@@ -127,6 +138,11 @@ def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
                                   f"(max_position_embeddings); use lengths up to {limit}")
         else:
             setattr(opts, name, tuple(L for L in lengths if L <= limit) or (limit,))
+    if limit is not None and opts.long_tokens > limit:
+        if "long_tokens" in opts.explicit_lengths:
+            raise ConfigError(f"--long-tokens {opts.long_tokens} is beyond the model's limit of {limit} tokens "
+                              f"(max_position_embeddings); use at most {limit}")
+        opts.long_tokens = limit
     if limit is not None and "lm" in opts.sections and opts.seq_len > limit:
         raise ConfigError(f"--seq-len {opts.seq_len} is beyond the model's limit of {limit} tokens "
                           "(max_position_embeddings)")
@@ -154,10 +170,15 @@ def memory_parts(opts: EvalOptions, shape: ModelShape) -> dict[str, float]:
     """The estimated peak memory of `run_eval` (see liger.memory_estimate): both models' float32
     weights (the teacher taken as the checkpoint's size: it is the model it was converted from), plus the
     largest transient of the sections: lm (every position's log-probabilities of both models), recall (one
-    passkey prompt) and efficiency (the largest prefill); the teacher's softmax layers cache every token."""
+    passkey prompt) and efficiency (the largest prefill); the teacher's softmax layers cache every token. The
+    long document of the lm section keeps both models' logits (2 x L x V float32) and a few 256-position
+    chunks of log-probabilities."""
     transients = [{}]
     if "lm" in opts.sections:
         transients.append(forward_bytes(shape, opts.batch_size * opts.seq_len, full_logits=True))
+        if opts.long_tokens >= 2:
+            transients.append({**forward_bytes(shape, opts.long_tokens),
+                               "logits": (2 * opts.long_tokens + 6 * 256) * shape.vocab * 4})
     if "recall" in opts.sections:
         transients.append(forward_bytes(shape, max(opts.recall_lengths), cached_layers=shape.layers))
     if "efficiency" in opts.sections:
@@ -173,8 +194,8 @@ def preflight(opts: EvalOptions) -> EvalOptions:
     if config is None:  # a missing or broken checkpoint: the load says why
         return opts
     check_options(opts, max_positions(config))
-    fix = ("lower --batch-size, --seq-len, --lengths, --batch-sizes or --recall-lengths (or leave out sections "
-           "with --sections)")
+    fix = ("lower --batch-size, --seq-len, --long-tokens, --lengths, --batch-sizes or --recall-lengths (or leave "
+           "out sections with --sections)")
     check_fits(memory_parts(opts, ModelShape(config)), f"eval of {opts.model}", fix)
     return opts
 
@@ -267,10 +288,21 @@ def _lm_section(opts: EvalOptions, student, teacher, tok, heldout: list[str], so
     blocks = pack(heldout, tok, opts.seq_len)[: opts.blocks]
     if blocks.shape[0] == 0:
         raise DataError(f"the held-out text of {opts.data!r} fills no {opts.seq_len}-token block; lower --seq-len")
-    _log(f"language modelling on {blocks.shape[0]} held-out blocks of {opts.seq_len} tokens", opts)
-    with _bar(opts, blocks.shape[0], "lm (both models)") as bar:
-        return {"data": source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
-                                             on_batch=bar.update)}
+    limit = getattr(teacher.config.get_text_config(), "max_position_embeddings", None)
+    long_tokens = min(opts.long_tokens, limit) if limit else opts.long_tokens
+    ood, long_ids = ood_eval_data(tok, opts.seq_len, opts.ood_blocks, long_tokens=long_tokens)
+    _log(f"language modelling on {blocks.shape[0]} held-out and {ood.shape[0]} out-of-domain blocks of "
+         f"{opts.seq_len} tokens" + (f", and one {long_ids.shape[1]}-token out-of-domain document"
+                                     if long_ids is not None else ""), opts)
+    with _bar(opts, blocks.shape[0] + ood.shape[0], "lm (both models)") as bar:
+        sec = {"data": source, **compare_lm(student, teacher, blocks, batch_size=opts.batch_size,
+                                            on_batch=bar.update)}
+        sec["ood"] = {"data": OOD_DESCRIPTION, **compare_lm(student, teacher, ood, batch_size=opts.batch_size,
+                                                            on_batch=bar.update)}
+    if long_ids is not None:
+        _log(f"perplexity by position on {long_ids.shape[1]} out-of-domain tokens", opts)
+    sec["positions"] = compare_positions(student, teacher, long_ids) if long_ids is not None else None
+    return sec
 
 
 def _tasks_section(opts: EvalOptions, models: dict, tok, heldout: list[str]) -> dict:

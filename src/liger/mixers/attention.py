@@ -34,6 +34,23 @@ from .registry import build_core
 Tensor = torch.Tensor
 
 
+ALIGNMENT_METRICS = ("mse", "nmse", "cosine")
+
+
+def alignment_error(o: Tensor, target: Tensor, metric: str = "mse") -> Tensor:
+    """Error of a mixer's output `o` to the softmax attention's `target` (both [B, T, H, D]), float32 scalar:
+    "mse" mean squared error; "nmse" that divided by the mean square of the target (scale-free, so every
+    layer and head weighs alike); "cosine" 1 - mean cosine similarity per head vector."""
+    o, target = o.float(), target.float()
+    if metric == "mse":
+        return F.mse_loss(o, target)
+    if metric == "nmse":
+        return F.mse_loss(o, target) / target.pow(2).mean().clamp_min(1e-12)
+    if metric == "cosine":
+        return 1 - F.cosine_similarity(o, target, dim=-1, eps=1e-6).mean()
+    raise ValueError(f"unknown alignment metric {metric!r}; choose one of {', '.join(ALIGNMENT_METRICS)}")
+
+
 class LigerAttention(nn.Module):
     """Drop-in replacement for a host attention module; same call signature and return `(output, None)`."""
 
@@ -53,9 +70,14 @@ class LigerAttention(nn.Module):
         self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.is_causal = True
         self.core = build_core(config, self.num_heads, self.num_kv_heads, self.head_dim)
-        # Attention transfer (LoLCATs stage 1): output the softmax attention, record the mixer's MSE to it.
+        # Attention transfer / alignment: output the softmax attention, record the mixer's error to it
+        # (`transfer_metric`, see `alignment_error`), the target computed from the host's own projections.
         self.transfer = False
+        self.transfer_metric = "mse"
         self.transfer_loss: Tensor | None = None
+        # Teacher mode: output the host's softmax attention only, from its own projections (the mixer is
+        # skipped): with the LoRA adapters off, the model is then its teacher (see liger.train.shared_teacher).
+        self.softmax_only = False
 
     def own_parameters(self) -> list[nn.Parameter]:
         """Parameters the mixer adds to the host's (feature maps, window factors); none for Liger."""
@@ -74,15 +96,26 @@ class LigerAttention(nn.Module):
         c = self.liger
         return f"layer={self.layer_idx}, mixer={c.mixer}, window={c.window}, mix={c.mix}"
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms (before RoPE)."""
+    def _proj(self, name: str, host: bool) -> nn.Module:
+        """The projection `name`; with `host`, the host's own weights under a LoRA adapter (peft keeps them,
+        frozen, as `base_layer`)."""
+        m = getattr(self, name)
+        return getattr(m, "base_layer", m) if host else m
+
+    def adapted(self) -> bool:
+        """Whether a LoRA adapter wraps one of the projections (then `project(host=True)` differs)."""
+        return any(hasattr(getattr(self, n), "base_layer") for n in self.spec.projections())
+
+    def project(self, x: Tensor, host: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms (before RoPE); `host`: from the
+        host's own projection weights, without LoRA adapters."""
         B, T, _ = x.shape
         s = self.spec
         if s.qkv_proj:
             nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-            q, k, v = getattr(self, s.qkv_proj)(x).split([nq, nk, nk], -1)
+            q, k, v = self._proj(s.qkv_proj, host)(x).split([nq, nk, nk], -1)
         else:
-            q, k, v = getattr(self, s.q_proj)(x), getattr(self, s.k_proj)(x), getattr(self, s.v_proj)(x)
+            q, k, v = (self._proj(n, host)(x) for n in (s.q_proj, s.k_proj, s.v_proj))
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
         if s.q_norm:
             q = getattr(self, s.q_norm)(q)
@@ -103,17 +136,35 @@ class LigerAttention(nn.Module):
         # transformers >= 5.24 passes the model's cache as `cache`, earlier versions as `past_key_values`.
         model_cache = cache if cache is not None else past_key_values
         B, T, _ = hidden_states.shape
-        q, k, v = self.project(hidden_states)
         valid = None if liger_valid is None else liger_valid[:, -T:]
         cache = liger_layer(model_cache, self.layer_idx) if model_cache is not None else None
+        if self.softmax_only or self.transfer:
+            self._check_whole(valid, cache)
+        if self.softmax_only:
+            q, k, v = self.project(hidden_states, host=True)
+            o = self.softmax_attention(q, k, v, position_embeddings).reshape(B, T, -1).to(hidden_states.dtype)
+            return self._proj(self.spec.o_proj, True)(o), None
+        q, k, v = self.project(hidden_states)
         o = self.core(q, k, v, rope=partial(self.rope, position_embeddings=position_embeddings), scale=self.scaling,
                       softcap=self.softcap, valid=valid, cache=cache)
         if self.transfer:
+            host = self.adapted()
+            if host:
+                q, k, v = self.project(hidden_states, host=True)
             target = self.softmax_attention(q, k, v, position_embeddings)
-            self.transfer_loss = F.mse_loss(o.float(), target.float())
-            o = target
+            self.transfer_loss = alignment_error(o, target, self.transfer_metric)
+            o = target.reshape(B, T, -1).to(hidden_states.dtype)
+            # the next layer gets exactly the teacher's input: the host's o_proj, not its adapter
+            return self._proj(self.spec.o_proj, host)(o), None
         o = o.reshape(B, T, -1).to(hidden_states.dtype)
         return getattr(self, self.spec.o_proj)(o), None
+
+    def _check_whole(self, valid: Tensor | None, cache) -> None:
+        if (cache is not None and cache.seen > 0) or (valid is not None and not bool(valid.all())):
+            mode = "teacher mode" if self.softmax_only else "attention transfer"
+            raise ValueError(f"{mode} runs on whole unpadded sequences (it computes the host's causal softmax "
+                             "attention over the call's tokens only); pass no attention mask with padding and no "
+                             "cache of earlier tokens")
 
     def softmax_attention(self, q: Tensor, k: Tensor, v: Tensor, position_embeddings) -> Tensor:
         """The host's causal softmax attention (RoPE, scaling, soft-capping, sliding window), no grad:

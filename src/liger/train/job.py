@@ -38,20 +38,25 @@ from ..distributed.runtime import DEFAULT_TIMEOUT_S, ParallelContext, init_distr
 from ..distributed.sequence import SequenceParallelLoss, check_sequence_parallel_model
 from ..distributed.sharding import full_state_dict, is_sharded, place_replicated, shard_frozen
 from ..errors import CheckpointError, ConfigError, DataError
+from ..data.ood import OOD_DESCRIPTION, ood_eval_data
 from ..evaluate.perplexity import perplexity as lm_perplexity
+from ..evaluate.quality import quality
 from ..layer_scores import resolve_auto
-from ..models import load_model
+from ..models import load_model, max_positions
 from ..runinfo import header
 from ..surgery import linearize
 from .loop import (START_OVER, Trainer, TrainConfig, check_checkpoint, check_fingerprint, check_safetensors,
                    check_tensors_fit, read_checkpoint_state, read_json, read_tensors, resolve_precision)
-from .recipes import Stage, build_stages, count_parameters, trainable_parameters
-from .report import loss_plot, report_markdown
+from .recipes import (RecipeOptions, Stage, build_stages, check_recipe_options, count_parameters, merge_lora,
+                      trainable_parameters, uses_teacher)
+from .shared_teacher import SharedTeacher
+from .report import loss_plot, quality_plots, report_markdown
 
 # Budgets of the main job on the bundled teacher, sized to finish within 30 minutes on a 2-core CPU (see
 # docs/RESULTS.md for what they reach): the token budget applies unless a step budget is given.
 DEFAULT_MAX_TOKENS = 300_000
 DEFAULT_MAX_MINUTES = 22.0
+LONG_TOKENS = 8192  # the report's long out-of-domain document (capped at the model's context limit)
 
 
 @dataclass
@@ -69,6 +74,11 @@ class JobOptions:
     transfer_lr: float | None = None
     transfer_tokens: int | None = None  # budget of the attention-transfer stage (lolcats)
     lora_r: int = 8
+    kl_weight: float = RecipeOptions.kl_weight  # distill / staged recipes
+    ce_weight: float = RecipeOptions.ce_weight
+    align_metric: str = RecipeOptions.align_metric  # align / staged recipes
+    align_fraction: float = RecipeOptions.align_fraction  # staged recipe
+    long_tokens: int = LONG_TOKENS  # length of the long out-of-domain document of the report (0: none)
     train: TrainConfig = field(default_factory=TrainConfig)
     merge: bool = True
     resume: bool = False
@@ -88,7 +98,16 @@ class JobOptions:
             if not d[k]:
                 d.pop(k)
         d["train"].pop("max_minutes")  # a resumed run may get more time
+        d.pop("long_tokens")  # evaluation only
+        if d["recipe"] not in ("align", "distill", "staged"):  # as before the options existed
+            for k in ("kl_weight", "ce_weight", "align_metric", "align_fraction"):
+                d.pop(k)
         return json.loads(json.dumps(d))
+
+    def recipe_options(self) -> RecipeOptions:
+        return RecipeOptions(distill_weight=self.distill_weight, lr=self.lr, transfer_lr=self.transfer_lr,
+                             lora_r=self.lora_r, kl_weight=self.kl_weight, ce_weight=self.ce_weight,
+                             align_metric=self.align_metric, align_fraction=self.align_fraction)
 
 
 def perplexity(model, blocks, par: ParallelContext | None = None, batch_size: int = 4) -> float:
@@ -163,17 +182,18 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     out, work = _check_start(opts, par)
     torch.manual_seed(opts.train.seed)
     opts = _with_precision(opts, par)
-    model, tok, teacher = _load_models(opts, par)
+    model, tok = _load_models(opts, par)
     arch_spec(model)  # an unsupported architecture fails here, before any work
     with par.main_first("loading the data"):
         corpus, train_blocks, heldout = _load_data(opts, tok, model)
+        evalsets = _eval_sets(opts, tok, model, heldout)
     par.check_same(train_blocks, "training data")
     par.check_same(heldout, "held-out data")
     _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
     created = _open_work_folder(opts, par, out, work)
     try:
-        opts, model, report = _convert_train_evaluate(opts, par, work, model, teacher, corpus, train_blocks,
-                                                      heldout, started)
+        opts, model, report = _convert_train_evaluate(opts, par, work, model, corpus, train_blocks, heldout,
+                                                      evalsets, started)
     except BaseException:
         if created and par.is_main and not (work / "checkpoint" / "state.json").exists():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave nothing behind
@@ -186,29 +206,84 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     return report
 
 
-def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, model, teacher, corpus,
-                            train_blocks, heldout, started: float):
+def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, model, corpus, train_blocks,
+                            heldout, evalsets: dict, started: float):
     """Linearize, train and measure `model`, keeping progress in `work`; returns (opts with the layers chosen,
-    the trained model, the report)."""
+    the trained model (adapters merged unless --no-merge), the report)."""
     metrics_path = work / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     opts = _convert(model, opts, par, metrics, train_blocks, heldout)
+    teacher = SharedTeacher(model)  # before any training: the converted model in teacher mode is the original
+    if "converted_quality" not in metrics and _measures_quality(par):
+        _log("quality of the converted model (in-domain, out-of-domain, by position)", opts)
+        metrics["converted_quality"] = quality(model, teacher, evalsets["sets"], evalsets["long"],
+                                               progress=opts.progress)
+    if "converted_quality" in metrics:  # the in-domain figures are its held-out set's
+        heldout_figures = metrics["converted_quality"]["sets"]["heldout"]
+        metrics.setdefault("teacher_ppl", heldout_figures["teacher_ppl"])
+        metrics.setdefault("converted_ppl", heldout_figures["student_ppl"])
     if par.is_main:
         with atomic_file(metrics_path) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
     _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
     model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks)
-    _log("held-out perplexity after training", opts)
-    metrics["student_ppl"] = perplexity(model, heldout, par)
+    if _measures_quality(par):
+        _log("quality of the trained model (in-domain, out-of-domain, by position)", opts)
+        teacher.set_student(model)
+        metrics["trained_quality"] = quality(model, teacher, evalsets["sets"], evalsets["long"],
+                                             progress=opts.progress)
+        metrics["student_ppl"] = metrics["trained_quality"]["sets"]["heldout"]["student_ppl"]
+    else:
+        _log("held-out perplexity after training", opts)
+        metrics["student_ppl"] = perplexity(model, heldout, par)
+    if opts.merge:
+        model = merge_lora(model)
     report = _report(opts, metrics, results, trained_params, corpus, train_blocks, heldout, time.time() - started)
-    _log(f"teacher {metrics['teacher_ppl']:.2f}, student {metrics['student_ppl']:.2f} "
-         f"({report['ratio']:.2f}x), converted {metrics['converted_ppl']:.1f}", opts)
+    _log(summary_line(report), opts)
     return opts, model, report
+
+
+def _measures_quality(par: ParallelContext) -> bool:
+    """The out-of-domain and by-position figures are measured by single-process runs (a long document is one
+    sequence; its split over ranks is not built)."""
+    return not par.distributed
+
+
+def _eval_sets(opts: JobOptions, tok, model, heldout) -> dict:
+    """{"sets": {"heldout": in-domain blocks, "ood": out-of-domain blocks}, "long": one long out-of-domain
+    document [1, L] or None, "long_tokens": L}, L at most --long-tokens and the model's context limit."""
+    ood, long_ids = ood_eval_data(tok, opts.seq_len, opts.eval_blocks,
+                                  long_tokens=min(opts.long_tokens, max_positions(model.config) or opts.long_tokens))
+    if not opts.long_tokens:
+        long_ids = None
+    return {"sets": {"heldout": heldout, "ood": ood}, "long": long_ids}
+
+
+def summary_line(r: dict) -> str:
+    """The run's one-line result: out-of-domain and long-context figures first."""
+    parts = []
+    q = r.get("quality", {}).get("trained")
+    if q:
+        o = q["sets"]["ood"]
+        parts.append(f"out-of-domain ppl {o['student_ppl']:.2f} vs teacher {o['teacher_ppl']:.2f} "
+                     f"({o['ratio']:.2f}x), top-1 agreement {o['top1']:.2f}, KL {o['kl']:.3f}")
+        if q.get("positions"):
+            p = q["positions"]
+            parts.append(f"by position {'/'.join(f'{x:.2f}' for x in p['ratio'])}x the teacher "
+                         f"({'/'.join(_bucket_name(b) for b in p['buckets'])})")
+    parts.append(f"in-domain ppl {r['student_ppl']:.2f} vs teacher {r['teacher_ppl']:.2f} ({r['ratio']:.2f}x), "
+                 f"converted {r['converted_ppl']:.1f}")
+    return "; ".join(parts)
+
+
+def _bucket_name(b) -> str:
+    return "-".join(f"{x // 1024}K" if x >= 1024 and x % 1024 == 0 else str(x) for x in b)
 
 
 def _check_start(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
     """(output folder, work folder), after the checks that need no model: the flags, the folders, and with
     --resume every file of the work folder. Changes nothing on disk."""
+    check_recipe_options(opts.recipe, opts.recipe_options())
     _check_sequence_parallel(opts)
     _check_fsdp(opts, par)
     out = Path(opts.out).expanduser()
@@ -262,26 +337,21 @@ def _with_precision(opts: JobOptions, par: ParallelContext) -> JobOptions:
 
 
 def _load_models(opts: JobOptions, par: ParallelContext):
-    """(model, tokenizer, teacher): the model to convert, placed on this rank's device, and with --distill a
-    frozen second copy as the teacher (else None)."""
+    """(model, tokenizer): the model to convert, placed on this rank's device. The teacher is the model itself
+    in teacher mode (SharedTeacher), made once it is converted."""
     _log(f"loading {opts.model}" + (f" on {par.world} processes" if par.distributed else ""), opts)
     with par.main_first("loading the model"):  # downloads and conversions happen once
         model, tok = load_model(opts.model, dtype=torch.float32, empty=opts.fsdp and not par.is_main)
     place(model, opts, par)
-    teacher = None
-    if opts.distill_weight > 0:
-        teacher, _ = load_model(opts.model, dtype=torch.float32, empty=opts.fsdp and not par.is_main)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        place(teacher, opts, par)
-    return model, tok, teacher
+    return model, tok
 
 
 def _convert(model, opts: JobOptions, par: ParallelContext, metrics: dict, train_blocks, heldout) -> JobOptions:
-    """Linearize `model` in place, with the held-out perplexity before and after (kept in `metrics`, which a
-    resumed run brings); `--softmax-layers auto:N` is resolved on the first training blocks first. Returns
-    `opts` with the layers it chose."""
-    if "teacher_ppl" not in metrics:
+    """Linearize `model` in place; `--softmax-layers auto:N` is resolved on the first training blocks first.
+    Distributed runs measure the held-out perplexity before and after here (kept in `metrics`, which a resumed
+    run brings); single-process runs take both from the converted model's quality figures. Returns `opts`
+    with the layers it chose."""
+    if "teacher_ppl" not in metrics and not _measures_quality(par):
         _log("held-out perplexity of the teacher", opts)
         metrics["teacher_ppl"] = perplexity(model, heldout, par)
     if opts.softmax_auto:  # the scores are kept for --resume
@@ -295,7 +365,7 @@ def _convert(model, opts: JobOptions, par: ParallelContext, metrics: dict, train
     if opts.fsdp:  # the mixers' new parameters stay whole (they may train)
         place_replicated(model, par.device)
     model.config.liger_teacher = opts.model
-    if "converted_ppl" not in metrics:
+    if "converted_ppl" not in metrics and not _measures_quality(par):
         _log("held-out perplexity right after conversion", opts)
         metrics["converted_ppl"] = perplexity(model, heldout, par)
     return opts
@@ -305,7 +375,8 @@ def _stages(model, teacher, opts: JobOptions, par: ParallelContext):
     """(stages of the recipe, the step context): under sequence parallelism every stage's loss is the
     sequence-parallel one, whose context splits each micro-batch."""
     spec = ARCHITECTURES[model_type(model)]
-    stages = build_stages(opts.recipe, spec, teacher, opts.distill_weight, opts.lr, opts.transfer_lr, opts.lora_r)
+    stages = build_stages(opts.recipe, spec, teacher if uses_teacher(opts.recipe, opts.recipe_options()) else None,
+                          opts.recipe_options())
     if par.sp <= 1:
         return stages, None
     check_sequence_parallel_model(model)
@@ -342,26 +413,38 @@ def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, t
         fingerprint["world_size"] = par.world  # the global batch and data shards depend on it
     ckpt = _resume_point(opts, par, work, fingerprint, stages)
     resume_at = [s.name for s in stages].index(ckpt["stage"]) if ckpt else 0
-    results, trained_params = [], 0
+    results, trained = [], {}
     for i, stage in enumerate(stages):
         model = stage.prepare(model)
         params = trainable_parameters(model)
-        trained_params += count_parameters(params)
+        trained.update({id(p): p.numel() for p in params.values()})  # a tensor two stages train counts once
         if i < resume_at:  # finished before the interruption: restore its result
             results.append(_restore_stage(stage, params, work))
             model = stage.finish(model)
             continue
-        trainer = Trainer(model, params, train_blocks, stage.loss, _stage_config(stage, opts), work, stage.name,
-                          fingerprint, show_progress=opts.progress, parallel=par, step_context=step_context)
+        trainer = Trainer(model, params, train_blocks, stage.loss, _stage_config(stage, opts, results), work,
+                          stage.name, fingerprint, show_progress=opts.progress, parallel=par,
+                          step_context=step_context)
         results.append(_train_stage(trainer, stage, opts, par, work, ckpt if i == resume_at else None))
-        model = stage.finish(model) if (opts.merge or stage.name != "lora") else model
-    return model, results, trained_params
+        model = stage.finish(model)
+    return model, results, sum(trained.values())
 
 
-def _stage_config(stage: Stage, opts: JobOptions) -> TrainConfig:
-    cfg = TrainConfig(**{**asdict(opts.train), "lr": stage.lr})
+def _stage_config(stage: Stage, opts: JobOptions, before: list[dict]) -> TrainConfig:
+    """The stage's training settings: its lr, and its part of the run's budgets (`stage.share` of each, or with
+    `stage.rest` what the stages before it, whose results are `before`, left of each)."""
+    t = opts.train
+    cfg = TrainConfig(**{**asdict(t), "lr": stage.lr})
     if stage.name == "attention_transfer" and opts.transfer_tokens:
         cfg.max_tokens, cfg.max_steps = opts.transfer_tokens, None
+    if stage.share is not None:
+        cfg.max_tokens = t.max_tokens and max(1, round(t.max_tokens * stage.share))
+        cfg.max_steps = t.max_steps and max(1, round(t.max_steps * stage.share))
+        cfg.max_minutes = t.max_minutes and t.max_minutes * stage.share
+    elif stage.rest:
+        cfg.max_tokens = t.max_tokens and max(1, t.max_tokens - sum(r["tokens"] for r in before))
+        cfg.max_steps = t.max_steps and max(1, t.max_steps - sum(r["steps"] for r in before))
+        cfg.max_minutes = t.max_minutes and max(0.05, t.max_minutes - sum(r["seconds"] for r in before) / 60)
     return cfg
 
 
@@ -421,6 +504,10 @@ def _report(opts: JobOptions, metrics: dict, results: list[dict], trained_params
         "wall_seconds": round(seconds, 1),
         "trainable_parameters": trained_params,
         "distill_weight": opts.distill_weight,
+        **({"kl_weight": opts.kl_weight, "ce_weight": opts.ce_weight, "align_metric": opts.align_metric,
+            "align_fraction": opts.align_fraction} if opts.recipe in ("align", "distill", "staged") else {}),
+        "quality": {k: metrics[f"{k}_quality"] for k in ("converted", "trained") if f"{k}_quality" in metrics},
+        "ood_data": OOD_DESCRIPTION,
         "stages": results,
         "train_config": asdict(opts.train),
         "merged": opts.merge,
@@ -449,5 +536,6 @@ def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions, sta
         if log.is_file():
             shutil.copy2(log, tmp / "train_log.jsonl")
             loss_plot(log, tmp / "loss.png")
+        positions = quality_plots(report, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        (tmp / "report.md").write_text(report_markdown(report, has_plot=log.is_file()))
+        (tmp / "report.md").write_text(report_markdown(report, has_plot=log.is_file(), has_positions=positions))

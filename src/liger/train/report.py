@@ -5,8 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluate.quality import position_plot, quality_markdown
 from ..layer_scores import scores_markdown
 from ..plotting import pyplot, save_figure
+
+
+STAGE_LOSS = {"attention_transfer": " (MSE, sum over layers)", "align": " (alignment error, sum over layers)",
+              "distill": " (KL to the teacher + weighted cross-entropy)"}
+QUALITY_SETS = {"heldout": "in-domain held-out", "ood": "out-of-domain"}
+
+
+def quality_plots(r: dict, folder: str | Path) -> bool:
+    """Write positions.png (perplexity by position bucket: teacher, converted, trained) if the report has the
+    figures; returns whether it did."""
+    q = r.get("quality", {})
+    trained = q.get("trained", {}).get("positions")
+    if not trained:
+        return False
+    curves = {"teacher": trained["teacher_ppl"], "trained": trained["student_ppl"]}
+    converted = q.get("converted", {}).get("positions")
+    if converted:
+        curves["converted"] = converted["student_ppl"]
+    position_plot(curves, trained["buckets"], Path(folder) / "positions.png")
+    return True
 
 
 def loss_plot(log_path: str | Path, png_path: str | Path) -> None:
@@ -24,14 +45,14 @@ def loss_plot(log_path: str | Path, png_path: str | Path) -> None:
                       for i in range(len(rs))]
             ax.plot([r["tokens"] for r in rs], smooth, lw=2, label=f"mean of {k}")
         ax.set_xlabel("tokens trained")
-        ax.set_ylabel("loss" + (" (MSE, sum over layers)" if stage == "attention_transfer" else " (cross-entropy)"))
+        ax.set_ylabel("loss" + STAGE_LOSS.get(stage, " (cross-entropy)"))
         ax.set_title(f"stage: {stage}")
         ax.grid(alpha=0.3)
         ax.legend()
     save_figure(fig, png_path)
 
 
-def report_markdown(r: dict, has_plot: bool) -> str:
+def report_markdown(r: dict, has_plot: bool, has_positions: bool = False) -> str:
     lines = [
         f"# liger linearize: {r['model']}",
         "",
@@ -39,13 +60,14 @@ def report_markdown(r: dict, has_plot: bool) -> str:
         "",
         f"Command: `{r['command']}`",
         "",
+        *_quality_lines(r, has_positions),
         "| | held-out perplexity | vs. teacher |",
         "|---|---|---|",
         f"| teacher | {r['teacher_ppl']:.2f} | 1.00 |",
         f"| converted, before training | {r['converted_ppl']:,.1f} | {r['converted_ppl'] / r['teacher_ppl']:,.1f} |",
         f"| linearized, after training | {r['student_ppl']:.2f} | {r['ratio']:.3f} |",
         "",
-        f"- recipe: `{r['recipe']}`; {_mixer(r['liger'])}" + (f"; distill KL weight {r['distill_weight']}" if r["distill_weight"] else ""),
+        f"- recipe: `{r['recipe']}`; {_mixer(r['liger'])}" + _recipe_knobs(r),
         f"- data: {r['data']}; {r['seq_len']}-token blocks; held-out: {r['heldout_tokens']:,} tokens",
         f"- tokens trained: {r['tokens_trained']:,}; training time {r['train_seconds'] / 60:.1f} min; "
         f"whole run {r['wall_seconds'] / 60:.1f} min",
@@ -67,6 +89,33 @@ def report_markdown(r: dict, has_plot: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quality_lines(r: dict, has_positions: bool) -> list[str]:
+    """The out-of-domain and by-position section (first in the report), if the run measured it."""
+    q = r.get("quality", {})
+    if "trained" not in q:
+        return []
+    lines = ["## Quality kept: out of domain and by position", "",
+             f"Out-of-domain text: {r.get('ood_data', 'see liger.data.ood')}. KL = KL(teacher || model) in nats per "
+             "token; top-1 = agreement of the two models' most likely next token.", "",
+             quality_markdown(q.get("converted"), q["trained"], QUALITY_SETS), ""]
+    if has_positions:
+        lines += ["![perplexity by position](positions.png)", ""]
+    return lines + ["## In-domain held-out perplexity", ""]
+
+
+def _recipe_knobs(r: dict) -> str:
+    knobs = []
+    if r["distill_weight"]:
+        knobs.append(f"distill KL weight {r['distill_weight']}")
+    if r["recipe"] in ("distill", "staged"):
+        knobs.append(f"KL weight {r['kl_weight']:g}, cross-entropy weight {r['ce_weight']:g}")
+    if r["recipe"] in ("align", "staged"):
+        knobs.append(f"alignment error {r['align_metric']}")
+    if r["recipe"] == "staged":
+        knobs.append(f"alignment share of the budget {r['align_fraction']:g}")
+    return "".join(f"; {k}" for k in knobs)
+
+
 def _mixer(c: dict) -> str:
     window = f"window {c['window']} (mix {c['mix'][0]:g}/{c['mix'][1]:g})" if c["window"] else "no window"
     soft = f", softmax layers {c['softmax_layers']}" if c["softmax_layers"] else ""
@@ -80,16 +129,23 @@ def comparison_table(run_dirs: list[str | Path]) -> str:
     perplexity of teacher / converted / trained model, ratio to the teacher, tokens and training minutes.
     Runs are only comparable when their held-out sets match (same --data, --seq-len): the teacher column
     shows it."""
-    rows = ["| run | command | teacher ppl | converted ppl | trained ppl | trained / teacher | tokens | train min |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | command | out-of-domain ppl / teacher | OOD top-1 | OOD KL | ppl / teacher by position | "
+            "in-domain ppl / teacher | converted in-domain ppl | tokens | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for d in run_dirs:
         path = Path(d) / "report.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {d} the output folder of `liger linearize`?")
         r = json.loads(path.read_text())
+        q = r.get("quality", {}).get("trained")
+        ood = q["sets"]["ood"] if q else None
+        pos = q.get("positions") if q else None
         rows.append(
-            f"| {Path(d).name} | `{r['command']}` | {r['teacher_ppl']:.2f} | {r['converted_ppl']:,.1f} | "
-            f"{r['student_ppl']:.2f} | {r['ratio']:.3f} | {r['tokens_trained']:,} | {r['train_seconds'] / 60:.1f} |"
+            f"| {Path(d).name} | `{r['command']}` | "
+            + (f"{ood['ratio']:.3f} | {ood['top1']:.3f} | {ood['kl']:.3f} | " if ood else "- | - | - | ")
+            + ("/".join(f"{x:.2f}" for x in pos["ratio"]) if pos else "-")
+            + f" | {r['ratio']:.3f} | {r['converted_ppl']:,.1f} | {r['tokens_trained']:,} | "
+            f"{r['train_seconds'] / 60:.1f} |"
         )
     return "\n".join(rows)
 

@@ -111,6 +111,10 @@ ROWS = [
     (linearize("--lr", "-0.001"), "--lr must be a finite number > 0, got -0.001"),
     (linearize("--transfer-lr", "0"), "--transfer-lr must be a finite number > 0, got 0.0"),
     (linearize("--lora-r", "0"), "--lora-r must be a whole number >= 1, got 0"),
+    (linearize("--align-fraction", "1"), "--align-fraction must be a finite number in (0, 1), got 1.0"),
+    (linearize("--kl-weight", "-1"), "--kl-weight must be a finite number >= 0, got -1.0"),
+    (linearize("--recipe", "distill", "--kl-weight", "0"), "kl_weight (--kl-weight) and ce_weight (--ce-weight) are both 0"),
+    (linearize("--align-metric", "l1"), "argument --align-metric: invalid choice: 'l1'"),
     (linearize("--distill", "kl", "--distill-weight", "-5"), "--distill-weight must be a finite number >= 0, got -5.0"),
     (linearize("--distill", "kl", "--distill-weight", "nan"), "--distill-weight must be a finite number >= 0, got nan"),
     (linearize("--distill-weight", "2"), "--distill-weight 2 weighs the KL term of --distill kl, which is off"),
@@ -222,18 +226,17 @@ def test_bounds_reject_nan_and_inf():
 
 def test_recipes_take_lr_zero_as_an_error_not_the_default():
     from liger.arch import ARCHITECTURES
-    from liger.train.recipes import LORA_LR, build_stages
+    from liger.train.recipes import LORA_LR, RecipeOptions, build_stages
 
     spec = ARCHITECTURES["llama"]
-    assert build_stages("liger", spec, None, 0.0, None)[0].lr == LORA_LR
-    assert build_stages("liger", spec, None, 0.0, 5e-4)[0].lr == 5e-4
+    assert build_stages("liger", spec, None, RecipeOptions())[0].lr == LORA_LR
+    assert build_stages("liger", spec, None, RecipeOptions(lr=5e-4))[0].lr == 5e-4
     for kw, match in [(dict(lr=0.0), "lr must be"), (dict(lr=math.nan), "lr must be"),
-                      (dict(lr=None, transfer_lr=0.0), "transfer_lr must be"),
-                      (dict(lr=None, lora_r=0), "lora_r")]:
+                      (dict(transfer_lr=0.0), "transfer_lr must be"), (dict(lora_r=0), "lora_r")]:
         with pytest.raises(ConfigError, match=match):
-            build_stages("lolcats", spec, None, 0.0, **kw)
+            build_stages("lolcats", spec, None, RecipeOptions(**kw))
     with pytest.raises(ConfigError, match="distill_weight must be a finite number >= 0"):
-        build_stages("liger", spec, None, -5.0, None)
+        build_stages("liger", spec, None, RecipeOptions(distill_weight=-5.0))
 
 
 def test_liger_config_from_dict_names_the_file():

@@ -105,6 +105,41 @@ def test_killed_run_leaves_no_output_and_resumes_to_the_same_weights(setup, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _kill_when(cmd, state, stage: str, step: int) -> None:
+    """Run `cmd` and SIGKILL it once its checkpoint is at `step` of `stage`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            s = json.loads(state.read_text())
+        except (OSError, ValueError):  # not written yet, or being replaced
+            s = {}
+        if s.get("stage") == stage and s.get("step", 0) >= step:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("kill_in", ["align", "distill"])
+def test_staged_recipe_resumes_exactly_after_a_kill_in_any_stage(setup, tmp_path, kill_in):
+    staged = ("--recipe", "staged", "--max-steps", "12", "--align-fraction", "0.5", "--max-minutes", "0")
+    assert main(args(setup, tmp_path / "ref", *staged)) == 0
+    report = json.loads((tmp_path / "ref" / "report.json").read_text())
+    assert [(s["stage"], s["steps"]) for s in report["stages"]] == [("align", 6), ("distill", 6)]
+    log = [json.loads(x) for x in (tmp_path / "ref" / "train_log.jsonl").read_text().splitlines()]
+    assert "nmse_mean" in log[0] and set(log[-1]) >= {"kl"} and "ce" not in log[-1]
+    assert report["trainable_parameters"] == 3 * 8 * (48 + 64) + 3 * 2 * 8 * (48 + 32)  # one LoRA, both stages
+    state = tmp_path / "run.work" / "checkpoint" / "state.json"
+    _kill_when([sys.executable, "-m", "liger.cli", *args(setup, tmp_path / "run", *staged)], state, kill_in, 2)
+    s = json.loads(state.read_text())
+    assert s["stage"] == kill_in and s["step"] < 6, "the stage finished before it could be killed"
+    assert main(args(setup, tmp_path / "run", *staged, "--resume")) == 0
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_errors(setup, tmp_path, capsys):
     assert main(args(setup, tmp_path / "x", "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err

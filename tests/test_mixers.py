@@ -210,3 +210,5 @@ def test_normalize_applies_to_the_unnormalised_mixers_only():
     with pytest.raises(ConfigError, match="normalize must be true or false"):
         liger.LigerConfig(normalize="yes")
     assert liger.LigerConfig.from_dict({"mixer": "gla"}).normalize is False  # folders written before the field
+    assert all(liger.LigerConfig(mixer=m).normalize for m in ("gla", "hgrn2", "simple_gla", "retention"))
+    assert not any(liger.LigerConfig(mixer=m).normalize for m in ("gsa", "gated_deltanet", "lawcat", "lolcats"))

@@ -135,7 +135,7 @@ def test_distill_stage_lowers_the_kl_and_can_mix_cross_entropy():
 
 
 @pytest.mark.parametrize("opts, match", [
-    (RecipeOptions(kl_weight=0.0, ce_weight=0.0), "both 0"),
+    (RecipeOptions(kl_weight=0.0, ce_weight=0.0), "are both 0"),
     (RecipeOptions(align_metric="l1"), "align_metric"),
     (RecipeOptions(align_fraction=1.0), "align_fraction"),
     (RecipeOptions(kl_weight=float("nan")), "kl_weight"),

@@ -8,10 +8,11 @@ and softmax layer (2 x kv_heads x head_dim x 4), with N tokens in one forward pa
 
 - training (float32 weights, LoRA or attention transfer; bf16 autocast measured the same or less):
     weights      P x 4 x 2: the weights, and as much again of workspace (the extra peak of a step has a part
-                 of about P x 4 that does not grow with N); x 2 with --distill kl (the frozen teacher)
+                 of about P x 4 that does not grow with N); the teacher of the KL terms (--distill kl, the
+                 distill and staged recipes) is the student itself in teacher mode: no second copy
     activations  L x N x H x 4 x ACT (kept for the backward); with gradient checkpointing
                  L x N x H x 4 x CKPT + N x H x 4 x ACT (one layer recomputed)
-    logits       N x V x 4 x LOGITS (logits, log-softmax, gradient); DISTILL_LOGITS with --distill kl
+    logits       N x V x 4 x LOGITS (logits, log-softmax, gradient); DISTILL_LOGITS with a teacher
 - inference (no gradients: eval, generate):
     weights      P x bytes per parameter x 2 (weights and workspace, per model; float32 for eval)
     activations  N x H x 4 x FWD (one layer at a time)
@@ -27,16 +28,19 @@ with the estimate less the weights loaded before the measurement:
     model                                 batch x len   mode                     measured  estimate
     tiny Llama (P 4.8M, L 3, H 48,        1 x 512       train fp32                317 MB    344 MB
       V 49152)                            4 x 512       train fp32 / bf16    1210/1222 MB   1320 MB
-                                          2 x 1024      train --distill kl       3141 MB   3335 MB
+                                          2 x 1024      train --distill kl *     3141 MB   3335 MB
     bundled SmolLM2-135M (P 134.5M,       1 x 256       train fp32               1216 MB   1195 MB
       L 30, H 576, V 49152)               2 x 512       train fp32 / bf16    3328/2963 MB   3239 MB
                                           1 x 1024      train fp32               3287 MB   3239 MB
                                           2 x 512       train checkpointing      2134 MB   2094 MB
                                           2 x 512       ... with bf16            1610 MB   2094 MB
-                                          1 x 512       train --distill kl       2882 MB   2889 MB
+                                          1 x 512       train --distill kl *     2882 MB   2889 MB
                                           4 x 1024      forward, all logits      1356 MB   1497 MB
                                           2 x 4096      forward, KV cache        1189 MB   1305 MB
                                           2 x 4096      linearized forward        972 MB    945 MB
+
+    * measured when the teacher was a second copy of the model loaded beforehand (so not in the figure), with
+      an estimate that counted its weights (P x 4 x 2 more); the shared teacher no longer loads that copy.
 
 The estimate is a first-order figure (within about 10% of these, 30% over with checkpointing and bf16), and a
 run is refused only when it exceeds what is available: it stops runs that cannot fit by far (--batch-size
@@ -101,7 +105,7 @@ def training_bytes(shape: ModelShape, tokens: int, distill: bool = False, checkp
     seq-len, per process)."""
     layer = tokens * shape.hidden * 4
     acts = shape.layers * layer * CKPT + layer * ACT if checkpointing else shape.layers * layer * ACT
-    return {"weights": shape.params * 4 * (4 if distill else 2), "activations": acts,
+    return {"weights": shape.params * 4 * 2, "activations": acts,
             "logits": tokens * shape.vocab * 4 * (DISTILL_LOGITS if distill else LOGITS)}
 
 

@@ -7,8 +7,8 @@ import os
 
 from ..arch import spec_for
 from ..errors import ConfigError
-from ..memory_estimate import ModelShape, check_fits, job_device, training_bytes
-from ..models import read_config
+from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights, job_device, training_bytes
+from ..models import max_positions, read_config
 from ..teacher import BUNDLED
 from ..train.job import DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, run_linearize, summary_line
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
@@ -18,6 +18,7 @@ from .flags import (COUNT, NON_NEGATIVE, POSITIVE, SEED, Bounds, add_liger_confi
                     liger_config_from_args, number, sci)
 
 DISTILL_WEIGHT = 1.0  # --distill-weight's default (the weight applies with --distill kl only)
+QUALITY_LOGITS = 2.5  # the report's long document: two models' logits, and the chunk being scored
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -163,6 +164,14 @@ def preflight(opts: JobOptions) -> None:
            + (", or drop --distill kl" if distill else ""))
     check_fits(parts, f"training {opts.model} at --batch-size {t.batch_size:,} x --seq-len {opts.seq_len:,}", fix,
                job_device())
+    long_tokens = min(opts.long_tokens, max_positions(config) or opts.long_tokens)
+    if long_tokens:  # the report's long document: both models' logits of every position (measured: 5.0 GB peak
+        shape = ModelShape(config)  # for the bundled teacher at 8,192 tokens; this estimates 5.5 GB)
+        parts = {"weights": inference_weights(shape, 4), **forward_bytes(shape, long_tokens),
+                 "logits": long_tokens * shape.vocab * 4 * QUALITY_LOGITS}
+        check_fits(parts,
+                   f"the report's {long_tokens:,}-token out-of-domain document", "lower --long-tokens (0 = none)",
+                   job_device())
 
 
 def cmd_linearize(args: argparse.Namespace) -> None:

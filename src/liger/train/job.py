@@ -52,10 +52,11 @@ from .recipes import (RecipeOptions, Stage, build_stages, check_recipe_options, 
 from .shared_teacher import SharedTeacher
 from .report import loss_plot, quality_plots, report_markdown
 
-# Budgets of the main job on the bundled teacher, sized to finish within 30 minutes on a 2-core CPU (see
-# docs/RESULTS.md for what they reach): the token budget applies unless a step budget is given.
+# Budgets of the main job on the bundled teacher, sized so that the whole run (training, then about 5 minutes
+# of conversion, evaluation and saving) takes about 25 minutes on a 2-core CPU (see docs/RESULTS.md for what
+# they reach): the token budget applies unless a step budget is given.
 DEFAULT_MAX_TOKENS = 300_000
-DEFAULT_MAX_MINUTES = 22.0
+DEFAULT_MAX_MINUTES = 20.0
 LONG_TOKENS = 8192  # the report's long out-of-domain document (capped at the model's context limit)
 
 

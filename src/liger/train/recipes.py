@@ -167,7 +167,8 @@ def check_recipe_options(recipe: str, o: RecipeOptions) -> None:
     for name in ("distill_weight", "kl_weight", "ce_weight"):
         _check_finite(name, getattr(o, name), positive=False)
     if recipe in ("distill", "staged") and o.kl_weight == 0 and o.ce_weight == 0:
-        raise ConfigError("kl_weight and ce_weight are both 0: the distill stage would have no loss; give one > 0")
+        raise ConfigError("kl_weight (--kl-weight) and ce_weight (--ce-weight) are both 0: the distill stage would "
+                          "have no loss; give one > 0")
     if isinstance(o.lora_r, bool) or not isinstance(o.lora_r, int) or o.lora_r < 1:
         raise ConfigError(f"lora_r (the LoRA rank) must be a whole number >= 1, got {o.lora_r!r}")
     if o.align_metric not in ALIGNMENT_METRICS:

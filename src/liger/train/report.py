@@ -150,9 +150,50 @@ def comparison_table(run_dirs: list[str | Path]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m liger.train.report RUN_DIR... : the comparison table
-    import sys
+def _smooth(values: list[float], k: int) -> list[float]:
+    return [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
 
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m liger.train.report RUN_DIR [RUN_DIR ...]")
-    print(comparison_table(sys.argv[1:]))
+
+def runs_loss_plot(run_dirs: list[str | Path], png_path: str | Path) -> None:
+    """The training loss of several runs in one figure: one panel per stage (its own loss), one line per run
+    (a running mean of 10 steps), against the tokens trained in the run so far."""
+    plt = pyplot()
+    logs = {}
+    for d in run_dirs:
+        path = Path(d) / "train_log.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {d} the output folder of `liger linearize`?")
+        logs[Path(d).name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    stages = list(dict.fromkeys(r["stage"] for records in logs.values() for r in records))
+    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for name, records in logs.items():
+            xs, ys, offset, last = [], [], 0, {}
+            for r in records:  # each stage counts its tokens from 0: add those of the stages before it
+                if last and r["stage"] != last["stage"]:
+                    offset += last["tokens"]
+                if r["stage"] == stage:
+                    xs.append(offset + r["tokens"])
+                    ys.append(r["loss"])
+                last = r
+            if xs:
+                ax.plot(xs, _smooth(ys, 10), lw=1.5, label=name)
+        ax.set_xlabel("tokens trained in the run")
+        ax.set_ylabel("loss" + STAGE_LOSS.get(stage, " (cross-entropy)"))
+        ax.set_title(f"stage: {stage}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, png_path)
+
+
+if __name__ == "__main__":  # python -m liger.train.report RUN_DIR... [--plot PNG]: the comparison table
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m liger.train.report",
+                                 description="Compare `liger linearize` runs: a markdown table of their reports.")
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    ap.add_argument("--plot", metavar="PNG", help="also plot their loss curves, one panel per stage")
+    a = ap.parse_args()
+    print(comparison_table(a.runs))
+    if a.plot:
+        runs_loss_plot(a.runs, a.plot)

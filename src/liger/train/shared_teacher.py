@@ -23,8 +23,10 @@ from ..mixers import LigerAttention
 
 def _host_checksum(model: nn.Module) -> torch.Tensor:
     """Sum of each projection weight of the linearized layers' hosts (without adapters), to notice a merge."""
-    sums = [m._proj(n, True).weight.detach().float().sum() for m in model.modules() if isinstance(m, LigerAttention)
-            for n in m.spec.projections() if hasattr(m._proj(n, True), "weight")]
+    weights = [m._proj(n, True).weight.detach() for m in model.modules() if isinstance(m, LigerAttention)
+               for n in m.spec.projections() if hasattr(m._proj(n, True), "weight")]
+    # a sharded weight (FSDP's DTensor): this rank's shard
+    sums = [getattr(w, "to_local", lambda w=w: w)().float().sum().cpu() for w in weights]
     return torch.stack(sums) if sums else torch.zeros(0)
 
 

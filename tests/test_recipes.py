@@ -101,6 +101,8 @@ def test_alignment_lowers_every_layers_error(mixer):
     model = stage.prepare(model)
     params = trainable_parameters(model)
     assert any("lora_" in n for n in params)
+    own = [p for m in model.modules() if isinstance(m, LigerAttention) for p in m.own_parameters()]
+    assert all(p.requires_grad for p in own)  # the mixer's own parameters (lolcats' maps, lawcat's convs) train
     heldout = _ids(64, 4, seed=1000)
     before = _layer_errors(model, heldout)
     opt = torch.optim.Adam(params.values(), lr=3e-3)

@@ -8,9 +8,10 @@ import os
 from ..arch import spec_for
 from ..errors import ConfigError
 from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights, job_device, training_bytes
-from ..models import max_positions, read_config
+from ..models import read_config
 from ..teacher import BUNDLED
-from ..train.job import DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, run_linearize, summary_line
+from ..train.job import (DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, long_document_tokens, run_linearize,
+                         summary_line)
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
 from ..mixers.attention import ALIGNMENT_METRICS
 from ..train.recipes import ALIGN_LR, LORA_LR, RECIPES, TRANSFER_LR, uses_teacher
@@ -164,7 +165,7 @@ def preflight(opts: JobOptions) -> None:
            + (", or drop --distill kl" if distill else ""))
     check_fits(parts, f"training {opts.model} at --batch-size {t.batch_size:,} x --seq-len {opts.seq_len:,}", fix,
                job_device())
-    long_tokens = min(opts.long_tokens, max_positions(config) or opts.long_tokens)
+    long_tokens = long_document_tokens(opts, config)
     if long_tokens:  # the report's long document: both models' logits of every position (measured: 5.0 GB peak
         shape = ModelShape(config)  # for the bundled teacher at 8,192 tokens; this estimates 5.5 GB)
         parts = {"weights": inference_weights(shape, 4), **forward_bytes(shape, long_tokens),

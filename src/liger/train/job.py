@@ -254,10 +254,13 @@ def _eval_sets(opts: JobOptions, tok, model, heldout) -> dict:
     """{"sets": {"heldout": in-domain blocks, "ood": out-of-domain blocks}, "long": one long out-of-domain
     document [1, L] or None, "long_tokens": L}, L at most --long-tokens and the model's context limit."""
     ood, long_ids = ood_eval_data(tok, opts.seq_len, opts.eval_blocks,
-                                  long_tokens=min(opts.long_tokens, max_positions(model.config) or opts.long_tokens))
-    if not opts.long_tokens:
-        long_ids = None
+                                  long_tokens=long_document_tokens(opts, model.config))
     return {"sets": {"heldout": heldout, "ood": ood}, "long": long_ids}
+
+
+def long_document_tokens(opts: JobOptions, config) -> int:
+    """Length of the report's long out-of-domain document: --long-tokens, capped at the model's context limit."""
+    return min(opts.long_tokens, max_positions(config) or opts.long_tokens)
 
 
 def summary_line(r: dict) -> str:

@@ -116,7 +116,7 @@ def ensure_lora(model: nn.Module, targets: list[str], r: int) -> nn.Module:
     """`model` with LoRA adapters on `targets` (added unless a stage before added them), the adapters and the
     mixers' own parameters trainable, everything else frozen."""
     if not hasattr(model, "peft_config"):
-        return add_lora(model, targets, r=r, alpha=2 * r)
+        model = add_lora(model, targets, r=r, alpha=2 * r)
     freeze(model)
     for name, p in model.named_parameters():
         if "lora_" in name:

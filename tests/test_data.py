@@ -224,6 +224,7 @@ def test_tiny_source_still_gets_one_heldout_document(tmp_path):
 def test_self_generated_is_cached_deterministic_and_keeps_the_rng(monkeypatch, tmp_path, smol_tokenizer):
     monkeypatch.setenv("LIGER_CACHE", str(tmp_path))  # an empty cache: generate for real
     monkeypatch.setattr(selfgen, "MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr(selfgen, "BATCH_SIZE", 4)
     model = tiny_model("llama", layers=1, vocab_size=len(smol_tokenizer))
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -235,17 +236,30 @@ def test_self_generated_is_cached_deterministic_and_keeps_the_rng(monkeypatch, t
     assert len(prompts) == len(set(prompts)) >= 300
     assert sorted(d.split("\n\n")[0] for d in everything(a)) == sorted(prompts[:5])
     assert all(len(d.split("\n\n", 1)[1]) > 5 for d in everything(a))  # an answer follows each prompt
-    assert len(list((tmp_path / "selfgen").glob("*.jsonl"))) == 1
+    files = list((tmp_path / "selfgen").glob("*.jsonl"))
+    assert len(files) == 1 and len(files[0].read_text().splitlines()) == 8  # whole batches of 4 are generated
 
-    def no_generation(*args, **kwargs):
-        raise AssertionError("generated again instead of reading the cache")
+    calls = []
+    real = model.generate
 
-    monkeypatch.setattr(model, "generate", no_generation)
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counted)
     b = load_corpus("self", model=model, tokenizer=smol_tokenizer, max_documents=5, heldout_fraction=0.2, seed=9)
     assert sorted(b.train) == sorted(a.train) and b.heldout == a.heldout  # seed never changes the documents
+    first = selfgen.self_generated(model, smol_tokenizer, 5)
+    assert selfgen.self_generated(model, smol_tokenizer, 8)[:5] == first and calls == []  # read from the cache
+    with files[0].open("a") as f:
+        f.write('{"text": "a line cut short by a ki')  # a kill in the middle of a write
+    more = load_corpus("self:10", model=model, tokenizer=smol_tokenizer, heldout_fraction=0).train
+    assert calls == [4] and len(more) == 10  # only the missing batch was generated; "self:N" asks for N
+    assert selfgen.self_generated(model, smol_tokenizer, 10)[:5] == first  # sample i never depends on the count
     other = tiny_model("llama", layers=1, seed=1, vocab_size=len(smol_tokenizer))
     key = selfgen.cache_key
-    assert key(model, smol_tokenizer, prompts[:5], 6, 0, 8) != key(other, smol_tokenizer, prompts[:5], 6, 0, 8)
+    assert key(model, smol_tokenizer, 6, 0, 4) != key(other, smol_tokenizer, 6, 0, 4)
+    assert key(model, smol_tokenizer, 6, 0, 4) != key(model, smol_tokenizer, 6, 0, 8)
 
 
 def test_self_needs_model_and_tokenizer(smol_tokenizer):
@@ -253,6 +267,31 @@ def test_self_needs_model_and_tokenizer(smol_tokenizer):
         load_corpus("self")
     with pytest.raises(DataError, match="needs the teacher"):
         load_corpus("self", tokenizer=smol_tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- mixes
+
+
+def test_mix_gives_equal_shares_and_keeps_each_sources_split(tmp_path):
+    small = [f"Short note {i} on gardening." for i in range(30)]
+    large = [f"A much longer document {i} about the weather, with many more words in every line." for i in range(120)]
+    a = str(write_jsonl(tmp_path / "small.jsonl", [{"text": d} for d in small]))
+    b = str(write_jsonl(tmp_path / "large.jsonl", [{"text": d} for d in large]))
+    mix = load_corpus(f"{a}+{b}", seed=2, heldout_fraction=0.2)
+    alone_a, alone_b = load_corpus(a, seed=2, heldout_fraction=0.2), load_corpus(b, seed=2, heldout_fraction=0.2)
+    assert mix.spec.kind == "mix" and sorted(mix.heldout) == sorted(alone_a.heldout + alone_b.heldout)
+    assert set(mix.train) == set(alone_a.train) | set(alone_b.train)  # each source split by its own rule
+    chars_a = sum(len(d) for d in mix.train if d in set(small))
+    chars_b = sum(len(d) for d in mix.train if d in set(large))
+    assert chars_b == alone_b.spec.train_chars and chars_b <= chars_a < chars_b + max(map(len, small))  # equal
+    assert mix.heldout[:2] in ([alone_a.heldout[0], alone_b.heldout[0]],)  # held-out interleaved, source by source
+    assert mix.train != load_corpus(f"{a}+{b}", seed=3, heldout_fraction=0.2).train  # shuffled together by seed
+    for bad in (f"{a}+", f"{a}+{a}"):
+        with pytest.raises(DataError, match="a mix names each source once"):
+            load_corpus(bad)
+    plus = tmp_path / "notes+more.txt"  # an existing path is never read as a mix
+    plus.write_text("\n\n".join(small))
+    assert load_corpus(str(plus)).spec.kind == "local"
 
 
 # ---------------------------------------------------------------------------------------------- pack

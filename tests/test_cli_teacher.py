@@ -21,7 +21,8 @@ def converted(tmp_path_factory):
 
 def test_convert_writes_a_checkpoint(converted):
     cfg = json.loads((converted / "config.json").read_text())
-    assert cfg["liger"]["softmax_layers"] == [0, 15] and cfg["model_type"] == "llama"
+    assert cfg["liger"]["softmax_layers"] == [0, 15]
+    assert cfg["model_type"] == "liger" and cfg["host"]["model_type"] == "llama"  # liger.hf_config's form
     assert (converted / "tokenizer.json").is_file()
     assert "quantization_config" not in json.loads((teacher_path() / "config.json").read_text())
 

@@ -19,14 +19,15 @@ ROOT = Path(liger.__file__).parent
 # matching prefix decides a module's layer. The root package `liger` (the public facade) is the top.
 LAYERS: list[tuple[str, ...]] = [
     ("liger.errors", "liger.config", "liger.arch", "liger.atomic", "liger.runinfo", "liger.plotting",
-     "liger.memory_estimate"),
+     "liger.memory_estimate", "liger.hf_config"),
     ("liger.ops",),
     ("liger.distributed", "liger.distributed.collectives", "liger.distributed.lasp", "liger.distributed.context",
      "liger.distributed.runtime"),
     ("liger.cache",),
     ("liger.mixers",),
-    ("liger.surgery", "liger.checkpoint", "liger.teacher", "liger.models", "liger.distributed.sequence",
-     "liger.distributed.softmax_layers", "liger.distributed.sharding", "liger.data", "liger.layer_scores"),
+    ("liger.surgery", "liger.checkpoint", "liger.hf_auto", "liger.teacher", "liger.models",
+     "liger.distributed.sequence", "liger.distributed.softmax_layers", "liger.distributed.sharding", "liger.data",
+     "liger.layer_scores"),
     ("liger.train", "liger.evaluate", "liger.bench"),
     ("liger.cli",),
     ("liger",),

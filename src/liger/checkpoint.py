@@ -1,10 +1,12 @@
 """Loading linearized models: `from_pretrained` rebuilds one from the folder `save_pretrained` wrote (every
-write atomic, see liger.atomic)."""
+write atomic, see liger.atomic), in either config.json form (liger.hf_config: the "liger" model type, or the
+host model type of folders written before it)."""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from .config import LigerConfig
 from .errors import CheckpointError, ConfigError, LigerError
+from .hf_config import MODEL_TYPE, host_config, is_old_form, split_folder_config
 from .surgery import linearize
 
 
@@ -53,23 +56,31 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
             f"{path} is a model folder but not a liger checkpoint (its config.json has no 'liger' entry); "
             f"convert it first: liger convert --model {path} --out DIR"
         )
-    lcfg = LigerConfig.from_dict(raw["liger"], str(path / "config.json"))
-    text_cfg = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    source = str(path / "config.json")
+    host, entry = split_folder_config(raw, source)
+    lcfg = LigerConfig.from_dict(entry, source)
+    config = host_config(host, source)
     try:
-        lcfg.check_window(text_cfg.get("max_position_embeddings"))
+        lcfg.check_window(getattr(config.get_text_config(), "max_position_embeddings", None))
     except ConfigError as e:
-        raise CheckpointError(f"{path / 'config.json'}: {e}; convert the model again with such a --window") from None
+        raise CheckpointError(f"{source}: {e}; convert the model again with such a --window") from None
+    if is_old_form(raw):
+        warnings.warn(
+            f"{path} was written by an older liger (config.json says model_type {raw.get('model_type')!r}): "
+            "transformers' AutoModelForCausalLM loads such a folder as a plain softmax model. Re-save it to write "
+            f"the {MODEL_TYPE!r} model type: liger.from_pretrained(folder).save_pretrained(folder)",
+            stacklevel=2,
+        )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # it would list the mixers' own tensors as unexpected; loaded below
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype or "auto", **kwargs)
     except LigerError:
         raise
     except Exception as e:  # transformers/safetensors raise many types for unreadable weights
         raise CheckpointError(f"cannot load the weights in {path}: {e}") from e
     finally:
         hf_logging.set_verbosity(verbosity)
-    del model.config.liger
     model = linearize(model, lcfg)
     _load_mixer_parameters(model, path)
     if (path / "adapter" / "adapter_config.json").is_file():  # saved with --no-merge

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .atomic import is_liger_checkpoint
 from .checkpoint import from_pretrained
 from .errors import CheckpointError, LigerError
+from .hf_config import LigerModelConfig
 from .teacher import BUNDLED, resolve_model_path
 
 
@@ -23,13 +24,16 @@ def _looks_local(spec: str) -> bool:
 
 def read_config(spec: str):
     """The transformers config of `spec` ("bundled", a model folder, or a hub id already in the local cache),
-    read without the weights and without the network; None when it cannot be read so (a load reports why).
+    read without the weights and without the network (a liger folder: its host's config, with `.liger`); None
+    when it cannot be read so (a load reports why).
     For the checks made before anything loads (`--window` against the context limit, memory estimates)."""
     try:
         path = resolve_model_path(spec)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return AutoConfig.from_pretrained(path, local_files_only=True)
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        # a liger folder: its host's config with .liger, as the loaded model's config will be
+        return config.host_config() if isinstance(config, LigerModelConfig) else config
     except Exception:  # a missing folder, an unknown hub id offline, a broken config.json: the load says which
         return None
 

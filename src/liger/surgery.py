@@ -9,6 +9,7 @@ from .arch import arch_spec, decoder_layers
 from .atomic import atomic_output_dir
 from .config import LigerConfig, config_of
 from .errors import ConfigError
+from .hf_config import write_folder_config
 from .mixers import LigerAttention
 
 def linearized_layer_indices(model: nn.Module) -> list[int]:
@@ -35,10 +36,13 @@ class LigerModelMixin:
         return config_of(self)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Like transformers' save_pretrained (safetensors + config.json with a "liger" entry), but atomic: the
-        folder is written beside the target and swapped in only once complete (see liger.atomic)."""
+        """Like transformers' save_pretrained (safetensors, generation_config.json), but atomic (the folder is
+        written beside the target and swapped in only once complete, see liger.atomic), and config.json takes
+        the "liger" model type with the host's config inside, plus the remote-code file (liger.hf_config)."""
         with atomic_output_dir(save_directory) as tmp:
             super().save_pretrained(tmp, *args, **kwargs)
+            if (tmp / "config.json").is_file():
+                write_folder_config(tmp)
 
 
 _CLASSES: dict[type, type] = {}
@@ -48,7 +52,8 @@ def _liger_class(cls: type) -> type:
     if issubclass(cls, LigerModelMixin):
         return cls
     if cls not in _CLASSES:
-        # Same name as the host class, so config.json's "architectures" stays loadable by transformers.
+        # Same name and module as the host class: the saved host config's "architectures" names the host class,
+        # and transformers' pipelines treat the model as the host's.
         _CLASSES[cls] = type(cls.__name__, (LigerModelMixin, cls), {"__module__": cls.__module__})
     return _CLASSES[cls]
 

@@ -134,6 +134,8 @@ ROWS = [
     (linearize("--dist-timeout", "0"), "--dist-timeout must be a finite number > 0, got 0.0"),
     (linearize("--dist-timeout", "inf"), "--dist-timeout must be a finite number > 0, got inf"),
     (linearize("--batch-size", "1.5"), "argument --batch-size: invalid int value: '1.5'"),
+    (linearize("--report-to", "nonsense"), "argument --report-to: invalid choice: 'nonsense' (choose from "
+                                           "tensorboard, wandb, trackio, none"),
     (linearize("--no-such-flag"), "unrecognized arguments: --no-such-flag"),
     (linearize("--batch-size", "1000000"), "--batch-size 1,000,000 x --seq-len 512 needs about"),
     (linearize("--data", "{root}/fields.jsonl"), "fields found: body, id; pass text_field=NAME to liger.data"),

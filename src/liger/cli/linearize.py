@@ -14,6 +14,7 @@ from ..train.job import (DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, lo
                          summary_line)
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
 from ..mixers.attention import ALIGNMENT_METRICS
+from ..train.tracking import CHOICES as TRACKERS, parse_report_to
 from ..train.recipes import ALIGN_LR, LORA_LR, RECIPES, TRANSFER_LR, uses_teacher
 from .flags import (COUNT, NON_NEGATIVE, POSITIVE, SEED, Bounds, add_liger_config_args, check_against_model,
                     liger_config_from_args, number, sci)
@@ -114,7 +115,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     number(p, "--dist-timeout", type=float, bounds=POSITIVE, default=JobOptions.dist_timeout, metavar="SECONDS",
            help="under torchrun: how long to wait for the other processes at the rendezvous and at "
            f"every collective before failing with an error (default {JobOptions.dist_timeout:g})")
+    p.add_argument("--report-to", type=_report_to, default=JobOptions.report_to, metavar="|".join(TRACKERS),
+                   help="also log the training log's scalars (per stage, e.g. lora/loss) and the run's options to "
+                   "these experiment trackers, comma-separated (default none): TensorBoard event files and an "
+                   "offline wandb run (unless WANDB_MODE is set) in <out>/tracking/ (<out>.work/tracking/ while "
+                   "training), Trackio in its local store; each needs its package (pip install tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _report_to(text: str) -> tuple[str, ...]:
+    try:
+        return parse_report_to(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
@@ -143,7 +156,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         align_fraction=args.align_fraction, long_tokens=args.long_tokens,
         merge=not args.no_merge, resume=args.resume, grad_checkpointing=args.gradient_checkpointing,
         progress=not args.quiet, sequence_parallel=args.sequence_parallel, fsdp=args.fsdp,
-        dist_timeout=args.dist_timeout,
+        dist_timeout=args.dist_timeout, report_to=args.report_to,
     )
 
 

@@ -1,11 +1,12 @@
 """The main job, `liger linearize`: convert a pretrained model, train it back, evaluate, save.
 
-Work in progress lives in `<out>.work/` (checkpoints, training log, the metrics measured so far); the
-output folder appears only at the end, complete (atomic rename). `--resume` continues from the work
-folder; a successful run removes it. Before any work the run checks what a user can get wrong (the flags,
-that `--out` can be written; with `--resume`, every file of the work folder, which is read as safetensors
-and JSON only); the work folder is created (or, without `--resume`, an old one replaced) only once the
-model and the data have loaded, and a failed run that created it and saved no checkpoint removes it again.
+Work in progress lives in `<out>.work/` (checkpoints, training log, the metrics measured so far, and with
+`--report-to` the trackers' files, see tracking.py); the output folder appears only at the end, complete
+(atomic rename). `--resume` continues from the work folder; a successful run removes it. Before any work
+the run checks what a user can get wrong (the flags, that `--out` can be written; with `--resume`, every file
+of the work folder, which is read as safetensors and JSON only); the work folder is created (or, without
+`--resume`, an old one replaced) only once the model and the data have loaded, and a failed run that created it
+and saved no checkpoint removes it again.
 
 Under torchrun / accelerate launch (WORLD_SIZE > 1) the job runs on every process: rank 0 loads first (hub
 downloads, the bundled teacher's conversion), every rank checks that it holds the same data, evaluation is
@@ -50,6 +51,7 @@ from .loop import (START_OVER, Trainer, TrainConfig, check_checkpoint, check_fin
 from .recipes import (RecipeOptions, Stage, build_stages, check_recipe_options, count_parameters, merge_lora,
                       trainable_parameters, uses_teacher)
 from .shared_teacher import SharedTeacher
+from .tracking import SUBDIR as TRACKING_DIR, Tracking, check_available, open_tracking, report_scalars
 from .report import loss_plot, quality_plots, report_markdown
 
 # Budgets of the main job on the bundled teacher, sized so that the whole run (training, then about 5 minutes
@@ -88,10 +90,11 @@ class JobOptions:
     sequence_parallel: int = 1  # ranks that split each sequence (LASP-2); the others are data parallel
     fsdp: bool = False  # shard the frozen weights over the ranks (liger.distributed.sharding)
     dist_timeout: float = DEFAULT_TIMEOUT_S  # seconds for the rendezvous and every collective
+    report_to: tuple[str, ...] = ()  # experiment trackers fed train_log.jsonl's scalars (train/tracking.py)
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        for k in ("out", "resume", "progress", "dist_timeout"):
+        for k in ("out", "resume", "progress", "dist_timeout", "report_to"):
             d.pop(k)
         if d["sequence_parallel"] == 1:  # as before the option existed: older checkpoints still resume
             d.pop("sequence_parallel")
@@ -227,7 +230,25 @@ def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, 
         with atomic_file(metrics_path) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
     _log(f"teacher {metrics['teacher_ppl']:.2f}, converted {metrics['converted_ppl']:.1f}", opts)
-    model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks)
+    tracking = open_tracking(opts.report_to, work, out_name(opts), asdict(opts), par.is_main)
+    try:
+        model, results, trained_params = _train(model, teacher, opts, par, work, train_blocks, tracking)
+        opts, model, report = _evaluate_trained(opts, par, model, teacher, metrics, results, trained_params, corpus,
+                                                train_blocks, heldout, evalsets, started)
+        tracking.log(report_scalars(report), sum(r["steps"] for r in results))
+    finally:
+        tracking.finish()
+    return opts, model, report
+
+
+def out_name(opts: JobOptions) -> str:
+    """The run's name in the trackers: the output folder's name."""
+    return Path(opts.out).expanduser().absolute().name
+
+
+def _evaluate_trained(opts: JobOptions, par: ParallelContext, model, teacher, metrics: dict, results: list[dict],
+                      trained_params: int, corpus, train_blocks, heldout, evalsets: dict, started: float):
+    """Measure the trained model, merge its adapters unless --no-merge; returns (opts, model, report)."""
     if _measures_quality(par):
         _log("quality of the trained model (in-domain, out-of-domain, by position)", opts)
         teacher.set_student(model)
@@ -288,6 +309,7 @@ def _check_start(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
     """(output folder, work folder), after the checks that need no model: the flags, the folders, and with
     --resume every file of the work folder. Changes nothing on disk."""
     check_recipe_options(opts.recipe, opts.recipe_options())
+    check_available(opts.report_to)
     _check_sequence_parallel(opts)
     _check_fsdp(opts, par)
     out = Path(opts.out).expanduser()
@@ -406,9 +428,11 @@ def _resume_point(opts: JobOptions, par: ParallelContext, work: Path, fingerprin
     return ckpt
 
 
-def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, train_blocks):
+def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, train_blocks,
+           tracking: Tracking | None = None):
     """Train the recipe's stages in turn (a stage finished before an interruption is restored, the one
-    interrupted resumes); returns (model, the stages' results, trained parameters)."""
+    interrupted resumes); returns (model, the stages' results, trained parameters). Each training-log record
+    also goes to `tracking`, at a step counted over all stages."""
     if opts.grad_checkpointing:
         model.gradient_checkpointing_enable()
     stages, step_context = _stages(model, teacher, opts, par)
@@ -429,6 +453,9 @@ def _train(model, teacher, opts: JobOptions, par: ParallelContext, work: Path, t
         trainer = Trainer(model, params, train_blocks, stage.loss, _stage_config(stage, opts, results), work,
                           stage.name, fingerprint, show_progress=opts.progress, parallel=par,
                           step_context=step_context)
+        if tracking is not None:
+            offset = sum(r["steps"] for r in results)
+            trainer.on_record = lambda record, offset=offset: tracking.log_record(record, offset)
         results.append(_train_stage(trainer, stage, opts, par, work, ckpt if i == resume_at else None))
         model = stage.finish(model)
     return model, results, sum(trained.values())
@@ -540,6 +567,8 @@ def _save(model, tok, out: Path, work: Path, report: dict, opts: JobOptions, sta
         if log.is_file():
             shutil.copy2(log, tmp / "train_log.jsonl")
             loss_plot(log, tmp / "loss.png")
+        if (work / TRACKING_DIR).is_dir():  # --report-to's TensorBoard event files / wandb offline run
+            shutil.copytree(work / TRACKING_DIR, tmp / TRACKING_DIR)
         positions = quality_plots(report, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "report.md").write_text(report_markdown(report, has_plot=log.is_file(), has_positions=positions))

@@ -216,6 +216,7 @@ class Trainer:
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.show_progress = show_progress and self.par.is_main
         self.on_step: Callable[[int], None] | None = None  # test hook, called after each step's checkpoint
+        self.on_record: Callable[[dict], None] | None = None  # main process: each log record, once written
 
     # ---- checkpoints -------------------------------------------------------------------------------
     @property
@@ -399,6 +400,8 @@ class Trainer:
             if self.par.is_main:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                if self.on_record is not None:
+                    self.on_record(record)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step / dt:.0f}")

@@ -50,6 +50,10 @@ class LigerLayerCache(CacheLayerMixin):
         # in place (`push_window`), so decoding allocates no new buffers. `window` reads them in time order.
         self.ring: tuple[Tensor, Tensor, Tensor] | None = None
         self.ring_pos = 0
+        # The sparse cache (LigerConfig.sparse_cache; liger.mixers.sparse), a tuple of tensors or None: the kept
+        # keys, values [B, M, Hk, D], scores and positions [B, M, Hk], the window tokens' scores
+        # [B, window - 1, Hk] (in the window's time order) and the novelty memory [B, Hk, D, D + 1].
+        self.sparse: tuple[Tensor, ...] | None = None
         self.seen = 0
 
     @property
@@ -86,9 +90,9 @@ class LigerLayerCache(CacheLayerMixin):
         raise RuntimeError("a linearized layer's cache is written by its mixer, not through Cache.update")
 
     def store(self, state: Tensor | tuple[Tensor, ...] | None, window: tuple[Tensor, Tensor, Tensor] | None,
-              n_new: int) -> None:
-        """After a forward of `n_new` tokens: the new state and window buffers (in time order)."""
-        self.state, self.window = state, window
+              n_new: int, sparse: tuple[Tensor, ...] | None = None) -> None:
+        """After a forward of `n_new` tokens: the new state, window buffers (in time order) and sparse cache."""
+        self.state, self.window, self.sparse = state, window, sparse
         self.advance(n_new)
 
     def decoded(self, state: Tensor | tuple[Tensor, ...]) -> None:
@@ -111,7 +115,7 @@ class LigerLayerCache(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.state, self.window, self.seen = None, None, 0  # window: resets the ring
+        self.state, self.window, self.sparse, self.seen = None, None, None, 0  # window: resets the ring
         self.is_initialized = False
 
     def _map(self, fn) -> None:
@@ -121,6 +125,8 @@ class LigerLayerCache(CacheLayerMixin):
             self.state = fn(self.state)
         if self.window is not None:
             self.window = tuple(fn(t) for t in self.window)
+        if self.sparse is not None:
+            self.sparse = tuple(fn(t) for t in self.sparse)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -140,7 +146,7 @@ class LigerLayerCache(CacheLayerMixin):
     @property
     def nbytes(self) -> int:
         states = self.state if isinstance(self.state, tuple) else (() if self.state is None else (self.state,))
-        tensors = list(states) + list(self.ring or ())
+        tensors = list(states) + list(self.ring or ()) + list(self.sparse or ())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -47,6 +47,10 @@ class LigerConfig:
         mixers are normalised or bounded by construction). None (the default) turns it on for those four: the
         unnormalised Liger-GLA branch collapses past the training length (docs/RESULTS.md, "Length").
         Checkpoints written before the option existed read as False.
+    sparse_cache: M > 0 keeps, per layer, sequence and key head, the M tokens that have left the window and
+        that a linear memory reconstructs worst (their exact keys and values), and the window's softmax covers
+        them too (liger.mixers.sparse); a fixed M * (2 * Hk * D) elements per layer whatever the context.
+        Needs a window (>= 1). 0 (the default): off.
     """
 
     mixer: str = "gla"
@@ -60,6 +64,7 @@ class LigerConfig:
     num_slots: int = 64
     delta_negative_eigen: bool = False
     normalize: bool | None = None
+    sparse_cache: int = 0
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -103,6 +108,11 @@ class LigerConfig:
         if self.delta_negative_eigen and self.mixer != "gated_deltanet":
             raise ConfigError("delta_negative_eigen applies to mixer 'gated_deltanet' only; drop it or use "
                               "--mixer gated_deltanet")
+        if isinstance(self.sparse_cache, bool) or not isinstance(self.sparse_cache, int) or self.sparse_cache < 0:
+            raise ConfigError(f"sparse_cache must be a whole number of tokens >= 0 (0: off), got {self.sparse_cache!r}")
+        if self.sparse_cache and self.window < 1:
+            raise ConfigError("the sparse cache joins the window's softmax: it needs --window >= 1 (got 0); "
+                              "set a window or drop --sparse-cache")
         if self.normalize is None:
             self.normalize = self.mixer in NORMALIZABLE
         if not isinstance(self.normalize, bool):

@@ -21,6 +21,7 @@ from ..cache import LigerLayerCache
 from ..config import LigerConfig
 from ..distributed.context import current
 from ..ops import l2norm, roll_window, window_attention
+from .sparse import sparse_cache_nbytes, window_and_sparse_parts
 
 Tensor = torch.Tensor
 State = Tensor | tuple[Tensor, ...]
@@ -91,19 +92,24 @@ class MixerCore(nn.Module):
                 valid: Tensor | None, cache: LigerLayerCache | None) -> Tensor:
         W = self.config.window
         o, state = self.linear(q, k, v, valid, cache.state if cache is not None else None, cache is not None)
-        window = None
+        window = sparse = None
         if W > 0:
             qr, kr = rope(q, k)
             past = cache.window if cache is not None else None
-            if (sp := current()) is not None:  # the previous ranks' last window - 1 tokens
-                past = sp.halo(kr, v, valid, W, past)
-            o_win = window_attention(qr, kr, v, W, scale=scale, key_valid=valid, past=past, softcap=softcap)
+            if self.config.sparse_cache:  # one softmax over the window and the sparse set
+                (num, den, _), sparse = window_and_sparse_parts(self.config, qr, kr, k, v, valid, past, scale,
+                                                                 softcap, cache)
+                o_win = (num / den.clamp_min(1e-30)).to(v.dtype)
+            else:
+                if (sp := current()) is not None:  # the previous ranks' last window - 1 tokens
+                    past = sp.halo(kr, v, valid, W, past)
+                o_win = window_attention(qr, kr, v, W, scale=scale, key_valid=valid, past=past, softcap=softcap)
             a, b = self.mix_weights()
             o = a * o_win + b * o
             if cache is not None:
                 window = roll_window(past, kr.detach(), v.detach(), valid, W)
         if cache is not None:
-            cache.store(detach_state(state), window, q.shape[1])
+            cache.store(detach_state(state), window, q.shape[1], sparse)
         return o
 
     def mix_weights(self) -> tuple:
@@ -113,7 +119,11 @@ class MixerCore(nn.Module):
 
     def fixed_cache_nbytes(self, element_size: int) -> int:
         """Cache bytes of one sequence: the float32 state, plus the window's last `window - 1` keys and values
-        (`element_size` bytes each) and validity flags. The same at every context length."""
+        (`element_size` bytes each) and validity flags, plus the sparse cache (liger.mixers.sparse). The same
+        at every context length."""
         state = sum(math.prod(shape) for shape in self.state_shapes()) * 4
         W = self.config.window
-        return state + (W - 1) * (2 * self.num_kv_heads * self.head_dim * element_size + 1) if W > 0 else state
+        if W == 0:
+            return state
+        window = (W - 1) * (2 * self.num_kv_heads * self.head_dim * element_size + 1)
+        return state + window + sparse_cache_nbytes(self.config, self.num_kv_heads, self.head_dim, element_size)

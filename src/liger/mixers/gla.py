@@ -90,12 +90,12 @@ class GLACore(MixerCore):
         return super().forward(q, k, v, rope=rope, scale=scale, softcap=softcap, valid=valid, cache=cache)
 
     def decodes_in_place(self, valid: Tensor | None, softcap: float | None, cache: LigerLayerCache) -> bool:
-        """Whether `decode_step` may serve this single-token step: no autograd, no soft-capping, no sequence
-        parallelism, a valid token (padding takes the general path), a window of 0 or >= 2 tokens, and cache
+        """Whether `decode_step` may serve this single-token step: no autograd, no soft-capping, no sparse cache,
+        no sequence parallelism, a valid token (padding takes the general path), a window of 0 or >= 2 tokens, and cache
         tensors that may be written in place (not inference tensors outside inference mode)."""
         W = self.config.window
         return (
-            not torch.is_grad_enabled() and not softcap and W != 1
+            not torch.is_grad_enabled() and not softcap and W != 1 and not self.config.sparse_cache
             and (W == 0 or cache.ring is not None or cache.seen == 0)
             and current() is None and (valid is None or bool(valid.all())) and cache.writable_in_place()
         )

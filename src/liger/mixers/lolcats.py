@@ -22,6 +22,7 @@ from ..config import LigerConfig
 from ..distributed.context import current
 from ..ops import roll_window, window_attention_parts
 from .base import MixerCore, Rope
+from .sparse import window_and_sparse_parts
 from .gla import GLA_KERNELS
 
 Tensor = torch.Tensor
@@ -78,7 +79,7 @@ class LolcatsCore(MixerCore):
             return o.to(v.dtype)
 
         past = lin_past = cache.window if cache is not None else None
-        if (sp := current()) is not None:
+        if (sp := current()) is not None and not self.config.sparse_cache:
             # LASP-2: the W tokens before this rank's slice; the oldest leaves the window at the first query
             # (on a single process the cached state already holds it), the other W - 1 are the window's past
             lin_past = sp.halo(kr, v, valid, W + 1, past)
@@ -98,7 +99,12 @@ class LolcatsCore(MixerCore):
         Kp = _shift(Xk, shift)[:, :T]
         Vp = _shift(Xv, shift)[:, :T]
         lin, state = GLA_KERNELS(fq, Kp, Vp, torch.zeros_like(Kp), state=state, want_state=want)
-        num, den = window_attention_parts(qr, kr, v, W, scale=scale, key_valid=valid, past=past, softcap=softcap)
+        sparse = None
+        if self.config.sparse_cache:  # the window part covers the sparse set too
+            (num, den, _), sparse = window_and_sparse_parts(self.config, qr, kr, k, v, valid, past, scale, softcap,
+                                                             cache)
+        else:
+            num, den = window_attention_parts(qr, kr, v, W, scale=scale, key_valid=valid, past=past, softcap=softcap)
         w = torch.sigmoid(self.window_factor.float())[None, None, :, None]
         o = (w * num + lin[..., :D]) / (w * den + lin[..., D:] + 1e-6)
         if cache is not None:
@@ -106,7 +112,7 @@ class LolcatsCore(MixerCore):
             e = T - shift
             if e >= 0:
                 state = state + torch.einsum("bhk,bhv->bhkv", Xk[:, e], Xv[:, e])
-            cache.store(state.detach(), roll_window(past, kr.detach(), v.detach(), valid, W), T)
+            cache.store(state.detach(), roll_window(past, kr.detach(), v.detach(), valid, W), T, sparse)
         return o.to(v.dtype)
 
 

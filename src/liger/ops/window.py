@@ -167,21 +167,24 @@ def window_attention_parts(
     softcap: float | None = None,
     *,
     check_inputs: bool = True,
-) -> tuple[Tensor, Tensor]:
+    with_max: bool = False,
+) -> tuple[Tensor, ...]:
     """Unnormalised window attention, float32: num = sum_s exp(s_ts - m_t) v_s [B, T, Hq, D] and
     den = sum_s exp(s_ts - m_t) [B, T, Hq, 1], with m_t the largest score in query t's window (0 if it has
-    no valid key). `window_attention` is num / den; LoLCATs adds its linear terms to both first. Input
-    contract: the module docstring's (the outputs reached by a non-finite input: NaN in num and den)."""
+    no valid key); `with_max`: also m [B, T, Hq, 1] (to merge with other key sets, liger.ops.sparse).
+    `window_attention` is num / den; LoLCATs adds its linear terms to both first. Input contract: the module
+    docstring's (the outputs reached by a non-finite input: NaN in num and den)."""
     if window < 1:
         raise ValueError("window must be >= 1")
     B, T, Hq, D = q.shape
     if T == 0:
-        return q.new_empty(B, 0, Hq, v.shape[-1], dtype=torch.float32), q.new_empty(B, 0, Hq, 1, dtype=torch.float32)
+        empty = q.new_empty(B, 0, Hq, 1, dtype=torch.float32)
+        return (q.new_empty(B, 0, Hq, v.shape[-1], dtype=torch.float32), empty) + ((empty,) if with_max else ())
     if check_inputs and (bad := _check_window(q, k, v, window, key_valid, past)):
         k, v, key_valid, past = bad.inputs
-        num, den = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap,
-                                          check_inputs=False)
-        return bad.poison(num, None)[0], bad.poison(den, None)[0]
+        num, den, *m = window_attention_parts(q, k, v, window, scale, key_valid, past, block_size, softcap,
+                                              check_inputs=False, with_max=with_max)
+        return (bad.poison(num, None)[0], bad.poison(den, None)[0], *m)
     scale = D**-0.5 if scale is None else scale
     qb, kb, vb, allowed = _blocks(q, k, v, window, key_valid, past, block_size)
     N, P = qb.shape[1:3]
@@ -194,6 +197,8 @@ def window_attention_parts(
     p = torch.exp(s - m)
     den = p.sum(-1).permute(0, 1, 4, 2, 3).reshape(B, N * P, Hq, 1)[:, :T]
     num = torch.einsum("bnhgpj,bnhdj->bnphgd", p, vb).reshape(B, N * P, Hq, -1)[:, :T]
+    if with_max:
+        return num, den, m.permute(0, 1, 4, 2, 3, 5).reshape(B, N * P, Hq, 1)[:, :T]
     return num, den
 
 

@@ -1,18 +1,30 @@
-"""Which layers cost most to linearize: per-layer scores on a few batches, for `--softmax-layers auto:N`.
+"""`--softmax-layers auto:N`: which layers to keep as softmax attention, chosen from data by a rule
+(`--softmax-select`, SELECT_RULES), and the per-layer scores behind the choice.
 
-For every decoder layer of an (unconverted) causal LM, on the same token batches:
+Rules (the N layers chosen are those not already kept by `softmax_layers` / `softmax_every`, which stay
+softmax during scoring and are no candidates; ties: the lower index):
 
-- `transfer_mse`: the attention-transfer error, MSE between the mixer's output and the softmax attention's
-  (both [B, T, Hq, D], before o_proj), each layer fed the original model's inputs (every layer is wrapped in
-  a `LigerAttention` in transfer mode, which outputs the softmax attention and records the MSE), averaged
-  over batches; `transfer_rel` is it divided by the mean square of the softmax output (scale-free).
-- `linearity`: Procrustes similarity between the layer's input and output hidden states (tokens x hidden),
-  as in "Your Transformer is Secretly Linear" (Razzhigaev et al. 2024): centre both over tokens, scale each
-  to unit Frobenius norm, then similarity = 1 - min_R ||X R - Y||_F^2 over orthogonal R
-  = 2 ||X^T Y||_* - 1 (nuclear norm, via singular values); 1 when Y is a rotation of X, lower otherwise.
+- `kl` (default): restore one layer at a time to softmax attention in the all-linear student and keep the N
+  whose restoration lowers KL(teacher || student) most (`kl_drop`, nats/token, on held-out token blocks;
+  `liger.layer_selection.kl_layer_scores`). One forward per candidate layer per block.
+- `kl-greedy`: N rounds of the same; each round keeps its best layer softmax and scores the rest on top of it
+  (`greedy_step`, `greedy_drop`).
+- `recall`: the same restore-one-layer loop, ranked by the drop of the answer NLL of a few synthetic passkey
+  prompts (`nll_drop`; `liger.layer_selection.recall_layer_scores`).
+- `transfer`: the N layers with the largest attention-transfer error right after conversion (`layer_scores`
+  below; docs/RESULTS.md measured it worse than evenly spaced layers). For every decoder layer, on the same
+  token batches:
+  - `transfer_mse`: MSE between the mixer's output and the softmax attention's (both [B, T, Hq, D], before
+    o_proj), each layer fed the original model's inputs (every layer is wrapped in a `LigerAttention` in
+    transfer mode, which outputs the softmax attention and records the MSE), averaged over batches;
+    `transfer_rel` is it divided by the mean square of the softmax output (scale-free).
+  - `linearity`: Procrustes similarity between the layer's input and output hidden states (tokens x
+    hidden), as in "Your Transformer is Secretly Linear" (Razzhigaev et al. 2024): centre both over tokens,
+    scale each to unit Frobenius norm, then similarity = 1 - min_R ||X R - Y||_F^2 over orthogonal R
+    = 2 ||X^T Y||_* - 1 (nuclear norm, via singular values); 1 when Y is a rotation of X, lower otherwise.
 
-`auto:N` keeps as softmax the N layers with the largest `transfer_mse` (ties: the lower index), besides any
-kept by `softmax_every`. The model is left as it was (its attention modules are swapped back).
+Every score dict carries "layer", "rule", "softmax" (whether the layer stays softmax attention) and the
+rule's figures. The model is left as it was (its attention modules are swapped back).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from .arch import ARCHITECTURES, decoder_layers, model_type, supported
 from .config import LigerConfig
 from .data import load_corpus, pack
 from .errors import ConfigError, UnsupportedModelError
+from .layer_selection import kl_layer_scores, recall_layer_scores
 from .mixers import LigerAttention
 
 Tensor = torch.Tensor
@@ -34,6 +47,29 @@ Tensor = torch.Tensor
 SCORE_BLOCKS = 4  # token blocks scored by `liger convert --softmax-layers auto:N` and `liger linearize`
 SCORE_SEQ_LEN = 512
 SCORE_BATCH = 2
+
+SELECT_RULES = ("kl", "kl-greedy", "recall", "transfer")  # --softmax-select
+DEFAULT_SELECT = "kl"
+RANK_KEY = {"kl": "kl_drop", "recall": "nll_drop", "transfer": "transfer_mse"}  # the N largest stay softmax
+RULE_TEXT = {  # what the report says of each rule's table
+    "kl": "the N layers whose restoration to softmax attention, one at a time in the all-linear student, lowers "
+          "KL(teacher || student) most stay softmax; KL in nats/token on the first held-out blocks, which the "
+          "in-domain figures also use",
+    "kl-greedy": "N greedy rounds: each keeps softmax the layer whose restoration lowers KL(teacher || student) "
+                 "most, on top of the earlier picks; KL in nats/token on the first held-out blocks, which the "
+                 "in-domain figures also use; KL and KL drop of round 1",
+    "recall": "the N layers whose restoration to softmax attention, one at a time in the all-linear student, "
+              "lowers the answer NLL of synthetic passkey prompts most stay softmax; NLL in nats/answer token",
+    "transfer": "the N layers with the largest attention-transfer MSE stay softmax; linearity: Procrustes "
+                "similarity of the layer's input and output",
+}
+
+
+def check_select(rule: str) -> None:
+    """ConfigError unless `rule` is one of SELECT_RULES."""
+    if rule not in SELECT_RULES:
+        raise ConfigError(f"--softmax-select {rule!r} is not a selection rule; choose one of "
+                          f"{', '.join(SELECT_RULES)}")
 
 
 class _Linearity:
@@ -140,43 +176,64 @@ def layer_scores(model: nn.Module, batches: Iterable[Tensor], config: LigerConfi
              "linearity": linear[i].value()} for i in range(n)]
 
 
-def select_softmax_layers(scores: list[dict], n: int, exclude: Iterable[int] = ()) -> tuple[int, ...]:
-    """The n layers (sorted) with the largest transfer_mse among those not in `exclude`; ties: lower index."""
+def select_softmax_layers(scores: list[dict], n: int, exclude: Iterable[int] = (), key: str = "transfer_mse"
+                          ) -> tuple[int, ...]:
+    """The n layers (sorted) with the largest `key` among those not in `exclude` (nor scored None); ties:
+    lower index."""
     skip = set(exclude)
-    candidates = [s for s in scores if s["layer"] not in skip]
+    candidates = [s for s in scores if s["layer"] not in skip and s.get(key, 0.0) is not None]
     if not 1 <= n <= len(candidates):
         kept = f", {len(skip)} already kept as softmax" if skip else ""
         raise ConfigError(f"auto:{n} asks for {n} softmax layers, but {len(candidates)} layers can be chosen "
                           f"(the model has {len(scores)}{kept}); choose N from 1 to {len(candidates)}")
-    ranked = sorted(candidates, key=lambda s: (-s["transfer_mse"], s["layer"]))
+    ranked = sorted(candidates, key=lambda s: (-s[key], s["layer"]))
     return tuple(sorted(s["layer"] for s in ranked[:n]))
 
 
-def choose_softmax_layers(model: nn.Module, batches: Iterable[Tensor], config: LigerConfig, n: int
+def choose_softmax_layers(model: nn.Module, batches: Iterable[Tensor], config: LigerConfig, n: int,
+                          select: str = DEFAULT_SELECT, *, tokenizer=None, progress: bool = False
                           ) -> tuple[LigerConfig, list[dict]]:
-    """Resolve `auto:n`: score the layers (`layer_scores`), keep the n costliest as softmax (besides the
-    config's own softmax layers and softmax_every). Returns the config to linearize with, and the scores,
-    each with "softmax": whether that layer stays softmax attention."""
+    """Resolve `auto:n` by the rule `select` (module docstring): score the layers on `batches` (LongTensor
+    [b, T] token ids; `recall` reads prompts of `tokenizer` instead), keep n more as softmax besides the
+    config's own softmax layers and softmax_every. Returns the config to linearize with, and the scores, one
+    dict per layer with "rule" and "softmax": whether that layer stays softmax attention."""
+    check_select(select)
     num = len(decoder_layers(model))
     config.check_layers(num)
     kept = config.softmax_layer_set(num)
     select_softmax_layers([{"layer": i, "transfer_mse": 0.0} for i in range(num)], n, exclude=kept)  # n fits?
-    scores = layer_scores(model, batches, config)
-    picked = select_softmax_layers(scores, n, exclude=kept)
+    if select == "recall" and tokenizer is None:
+        raise ConfigError("--softmax-select recall scores passkey prompts and needs the model's tokenizer")
+    if select == "transfer":
+        scores = layer_scores(model, batches, config)
+    elif select == "recall":
+        scores = recall_layer_scores(model, tokenizer, config, progress=progress)
+    else:
+        scores = kl_layer_scores(model, batches, config, greedy=n if select == "kl-greedy" else 0,
+                                 progress=progress)
+    if select == "kl-greedy":
+        picked = tuple(sorted(s["layer"] for s in scores if s["greedy_step"] is not None))
+    else:
+        picked = select_softmax_layers(scores, n, exclude=kept, key=RANK_KEY[select])
     for s in scores:
+        s["rule"] = select
         s["softmax"] = s["layer"] in kept or s["layer"] in picked
     chosen = dataclasses.replace(config, softmax_layers=tuple(sorted(set(config.softmax_layers) | set(picked))))
     return chosen, scores
 
 
-def resolve_auto(model: nn.Module, config: LigerConfig, n: int, blocks: Tensor, scores: list[dict] | None = None
+def resolve_auto(model: nn.Module, config: LigerConfig, n: int, blocks: Tensor, scores: list[dict] | None = None,
+                 select: str = DEFAULT_SELECT, *, tokenizer=None, progress: bool = False
                  ) -> tuple[LigerConfig, list[dict]]:
-    """`--softmax-layers auto:n` (`liger convert` and `liger linearize`): the config to linearize with and the
-    per-layer scores, measured on the first SCORE_BLOCKS of `blocks` ([N, T] token ids) by
-    `choose_softmax_layers`; `scores` saved by an earlier run of the same job (--resume) are reused instead,
-    with the layers they chose."""
+    """`--softmax-layers auto:n --softmax-select select` (`liger convert` and `liger linearize`): the config
+    to linearize with and the per-layer scores, measured on the first SCORE_BLOCKS of `blocks` ([N, T] token
+    ids; held-out blocks for the KL rules, training blocks for `transfer`; `recall` reads passkey prompts of
+    `tokenizer`) by `choose_softmax_layers`; `scores` saved by an earlier run of the same job (--resume) are
+    reused instead, with the layers they chose."""
+    check_select(select)
     if scores is None:
-        return choose_softmax_layers(model, batches_of(blocks[:SCORE_BLOCKS]), config, n)
+        return choose_softmax_layers(model, batches_of(blocks[:SCORE_BLOCKS]), config, n, select,
+                                     tokenizer=tokenizer, progress=progress)
     kept = tuple(s["layer"] for s in scores if s["softmax"])
     return dataclasses.replace(config, softmax_layers=kept), scores
 
@@ -201,11 +258,13 @@ def batches_of(blocks: Tensor, batch_size: int = SCORE_BATCH) -> list[Tensor]:
     return list(blocks.split(batch_size))
 
 
-def builtin_blocks(tokenizer, n: int = SCORE_BLOCKS, seq_len: int = SCORE_SEQ_LEN) -> Tensor:
-    """The first n training blocks [n, seq_len] of the built-in corpus (for `liger convert`, which has no
-    --data)."""
+def builtin_blocks(tokenizer, n: int = SCORE_BLOCKS, seq_len: int = SCORE_SEQ_LEN, heldout: bool = False
+                   ) -> Tensor:
+    """The first n training (or, with `heldout`, held-out) blocks [n, seq_len] of the built-in corpus (for
+    `liger convert`, which has no --data)."""
+    corpus = load_corpus("builtin")
     docs, chars = [], 0
-    for doc in load_corpus("builtin").train:  # enough text for n blocks (about 8 characters a token, generously)
+    for doc in corpus.heldout if heldout else corpus.train:  # enough text for n blocks (about 8 characters a token, generously)
         docs.append(doc)
         chars += len(doc)
         if chars > 8 * n * seq_len:
@@ -213,10 +272,35 @@ def builtin_blocks(tokenizer, n: int = SCORE_BLOCKS, seq_len: int = SCORE_SEQ_LE
     return pack(docs, tokenizer, seq_len)[:n]
 
 
+def _num(x, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def _kept(score: dict) -> str:
+    return "yes" if score.get("softmax") else ""
+
+
 def scores_markdown(scores: list[dict]) -> str:
-    """A markdown table of the per-layer scores."""
-    rows = ["| layer | transfer MSE | relative | linearity | kept as softmax |", "|---|---|---|---|---|"]
+    """A markdown table of the per-layer scores, with the columns of their rule (scores saved without a
+    "rule" are `transfer`'s); the KL and recall rules add the all-linear student's figure above it."""
+    rule = scores[0].get("rule", "transfer") if scores else "transfer"
+    if rule == "transfer":
+        rows = ["| layer | transfer MSE | relative | linearity | kept as softmax |", "|---|---|---|---|---|"]
+        rows += [f"| {s['layer']} | {s['transfer_mse']:.4g} | {s['transfer_rel']:.3f} | {s['linearity']:.4f} | "
+                 f"{_kept(s)} |" for s in scores]
+        return "\n".join(rows)
+    key, what = ("nll", "answer NLL") if rule == "recall" else ("kl", "KL")
+    lead = []
+    base = next((s[key] + s[f"{key}_drop"] for s in scores if s.get(key) is not None), None)
+    if base is not None:
+        unit = "nats/answer token" if rule == "recall" else "nats/token"
+        lead = [f"{what} of the student with every candidate layer linear: {base:.4g} {unit}", ""]
+    greedy = rule == "kl-greedy"
+    head = f"| layer | {what} with it softmax | {what} drop |" + (" greedy step | drop at that step |" if greedy else "")
+    rows = [head + " kept as softmax |", "|---" * (head.count("|")) + "|"]
     for s in scores:
-        rows.append(f"| {s['layer']} | {s['transfer_mse']:.4g} | {s['transfer_rel']:.3f} | {s['linearity']:.4f} | "
-                    f"{'yes' if s.get('softmax') else ''} |")
-    return "\n".join(rows)
+        row = f"| {s['layer']} | {_num(s[key], '.4g')} | {_num(s[f'{key}_drop'], '.4g')} |"
+        if greedy:
+            row += f" {_num(s['greedy_step'], 'd')} | {_num(s['greedy_drop'], '.4g')} |"
+        rows.append(row + f" {_kept(s)} |")
+    return "\n".join(lead + rows)

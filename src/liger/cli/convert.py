@@ -59,8 +59,10 @@ def cmd_convert(args: argparse.Namespace) -> None:
     model, tok = load_model(args.model, dtype="auto")
     check_against_model(config, model.config)  # a hub model whose config was not in the local cache
     scores = None
-    if n_auto:  # scored on the built-in corpus (convert has no --data)
-        config, scores = resolve_auto(model, config, n_auto, builtin_blocks(tok))
+    if n_auto:  # scored on the built-in corpus (convert has no --data): held-out blocks, training ones for transfer
+        blocks = builtin_blocks(tok, heldout=args.softmax_select != "transfer")
+        config, scores = resolve_auto(model, config, n_auto, blocks, select=args.softmax_select, tokenizer=tok,
+                                      progress=True)
         print(scores_markdown(scores))
     linearize(model, config)
     with atomic_output_dir(args.out) as tmp:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ..config import MIXERS, LigerConfig
 from ..errors import ConfigError
-from ..layer_scores import parse_auto
+from ..layer_scores import DEFAULT_SELECT, SCORE_BLOCKS, SCORE_SEQ_LEN, SELECT_RULES, parse_auto
 from ..models import max_positions
 
 T = TypeVar("T")
@@ -163,8 +163,18 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
            "max_position_embeddings")
     p.add_argument(
         "--softmax-layers", default="", metavar="I,J",
-        help="layers kept as softmax attention, e.g. 0,15 or 0-3,8; or auto:N, the N layers whose linearization "
-        "costs most (attention-transfer error on a few batches; scores saved in layer_scores.json / the report)"
+        help="layers kept as softmax attention, e.g. 0,15 or 0-3,8; or auto:N, N layers chosen from data by "
+        "--softmax-select (scores saved in layer_scores.json / the report)"
+    )
+    p.add_argument(
+        "--softmax-select", default=DEFAULT_SELECT, choices=SELECT_RULES,
+        help="how auto:N chooses its layers (default %(default)s): kl, restore one layer at a time to softmax "
+        "attention and keep the N that lower KL(teacher || student) most, on the first "
+        f"{SCORE_BLOCKS} held-out blocks (linearize: of --data, --seq-len tokens each; convert: of the built-in "
+        f"corpus, {SCORE_SEQ_LEN} tokens each), one forward per layer per block; kl-greedy: N rounds of that, each "
+        "on top of the earlier picks; recall: the same loop ranked by the answer NLL of synthetic passkey "
+        "prompts; transfer: the largest attention-transfer error on training blocks (measured worse than "
+        "evenly spaced layers, docs/RESULTS.md)"
     )
     number(p, "--softmax-every", bounds=Bounds(0, note="(0 = off)"), default=LigerConfig.softmax_every, metavar="N",
            help="also keep one layer in every N as softmax (N=4: 3:1 linear to softmax)")
@@ -181,7 +191,8 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
 
 def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
     """(the LigerConfig of the flags, N of `--softmax-layers auto:N` or 0). auto:N is resolved on data
-    before surgery (`liger.layer_scores.resolve_auto`); the config then lists no softmax layers of its own."""
+    before surgery by the rule `args.softmax_select` (`liger.layer_scores.resolve_auto`); the config then lists
+    no softmax layers of its own."""
     n_auto = parse_auto(args.softmax_layers) or 0
     config = LigerConfig(mixer=args.mixer, window=args.window,
                          softmax_layers=() if n_auto else layer_list(args.softmax_layers),

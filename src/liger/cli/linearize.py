@@ -148,7 +148,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     name = BUNDLED if args.model == BUNDLED else args.model.rstrip("/").split("/")[-1]
     return JobOptions(
         model=args.model, out=args.out or f"runs/liger-{name}", recipe=args.recipe,
-        liger=liger, softmax_auto=softmax_auto, data=args.data,
+        liger=liger, softmax_auto=softmax_auto, softmax_select=args.softmax_select, data=args.data,
         seq_len=args.seq_len, eval_blocks=args.eval_blocks,
         distill_weight=distill_weight if args.distill == "kl" else 0.0, lr=args.lr,
         transfer_lr=args.transfer_lr, transfer_tokens=args.transfer_tokens, lora_r=args.lora_r, train=train,

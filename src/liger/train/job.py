@@ -42,7 +42,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..data.ood import OOD_DESCRIPTION, ood_eval_data
 from ..evaluate.perplexity import perplexity as lm_perplexity
 from ..evaluate.quality import quality
-from ..layer_scores import resolve_auto
+from ..layer_scores import DEFAULT_SELECT, check_select, resolve_auto
 from ..models import load_model, max_positions
 from ..runinfo import header
 from ..surgery import linearize
@@ -68,7 +68,8 @@ class JobOptions:
     out: str = "runs/liger"
     recipe: str = "liger"
     liger: LigerConfig = field(default_factory=LigerConfig)
-    softmax_auto: int = 0  # --softmax-layers auto:N: also keep the N costliest layers as softmax (layer_scores)
+    softmax_auto: int = 0  # --softmax-layers auto:N: also keep N layers chosen from data as softmax (layer_scores)
+    softmax_select: str = DEFAULT_SELECT  # the rule that chooses them (--softmax-select, layer_scores.SELECT_RULES)
     data: str = "builtin"
     seq_len: int = 512
     eval_blocks: int = 24
@@ -101,6 +102,8 @@ class JobOptions:
         for k in ("softmax_auto", "fsdp"):  # as before the options existed, when off
             if not d[k]:
                 d.pop(k)
+        if not self.softmax_auto or self.softmax_select == "transfer":  # unused, or the rule before the option
+            d.pop("softmax_select")
         d["train"].pop("max_minutes")  # a resumed run may get more time
         d.pop("long_tokens")  # evaluation only
         if d["recipe"] not in ("align", "distill", "staged"):  # as before the options existed
@@ -196,7 +199,7 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     _log(f"data: {corpus.source}: {train_blocks.numel():,} training tokens, {heldout.numel():,} held-out", opts)
     created = _open_work_folder(opts, par, out, work)
     try:
-        opts, model, report = _convert_train_evaluate(opts, par, work, model, corpus, train_blocks, heldout,
+        opts, model, report = _convert_train_evaluate(opts, par, work, model, tok, corpus, train_blocks, heldout,
                                                       evalsets, started)
     except BaseException:
         if created and par.is_main and not (work / "checkpoint" / "state.json").exists():
@@ -210,13 +213,13 @@ def _run(opts: JobOptions, par: ParallelContext) -> dict:
     return report
 
 
-def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, model, corpus, train_blocks,
+def _convert_train_evaluate(opts: JobOptions, par: ParallelContext, work: Path, model, tok, corpus, train_blocks,
                             heldout, evalsets: dict, started: float):
     """Linearize, train and measure `model`, keeping progress in `work`; returns (opts with the layers chosen,
     the trained model (adapters merged unless --no-merge), the report)."""
     metrics_path = work / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    opts = _convert(model, opts, par, metrics, train_blocks, heldout)
+    opts = _convert(model, tok, opts, par, metrics, train_blocks, heldout)
     teacher = SharedTeacher(model)  # before any training: the converted model in teacher mode is the original
     if "converted_quality" not in metrics and _measures_quality(par):
         _log("quality of the converted model (in-domain, out-of-domain, by position)", opts)
@@ -309,6 +312,7 @@ def _check_start(opts: JobOptions, par: ParallelContext) -> tuple[Path, Path]:
     """(output folder, work folder), after the checks that need no model: the flags, the folders, and with
     --resume every file of the work folder. Changes nothing on disk."""
     check_recipe_options(opts.recipe, opts.recipe_options())
+    check_select(opts.softmax_select)
     check_available(opts.report_to)
     _check_sequence_parallel(opts)
     _check_fsdp(opts, par)
@@ -372,19 +376,26 @@ def _load_models(opts: JobOptions, par: ParallelContext):
     return model, tok
 
 
-def _convert(model, opts: JobOptions, par: ParallelContext, metrics: dict, train_blocks, heldout) -> JobOptions:
-    """Linearize `model` in place; `--softmax-layers auto:N` is resolved on the first training blocks first.
-    Distributed runs measure the held-out perplexity before and after here (kept in `metrics`, which a resumed
-    run brings); single-process runs take both from the converted model's quality figures. Returns `opts`
-    with the layers it chose."""
+def _convert(model, tok, opts: JobOptions, par: ParallelContext, metrics: dict, train_blocks, heldout
+             ) -> JobOptions:
+    """Linearize `model` in place; `--softmax-layers auto:N` is resolved first, by the rule of --softmax-select:
+    the KL rules on the first SCORE_BLOCKS held-out blocks, `transfer` on the first training blocks, `recall` on
+    passkey prompts of `tok`. Distributed runs measure the held-out perplexity before and after here (kept in
+    `metrics`, which a resumed run brings); single-process runs take both from the converted model's quality
+    figures. Returns `opts` with the layers it chose."""
     if "teacher_ppl" not in metrics and not _measures_quality(par):
         _log("held-out perplexity of the teacher", opts)
         metrics["teacher_ppl"] = perplexity(model, heldout, par)
     if opts.softmax_auto:  # the scores are kept for --resume
         if "layer_scores" not in metrics:
-            _log(f"scoring the layers for --softmax-layers auto:{opts.softmax_auto}", opts)
-        liger_cfg, metrics["layer_scores"] = resolve_auto(model, opts.liger, opts.softmax_auto, train_blocks,
-                                                          metrics.get("layer_scores"))
+            on = {"transfer": "training blocks", "recall": "passkey prompts"}.get(opts.softmax_select,
+                                                                                  "held-out blocks")
+            _log(f"scoring the layers for --softmax-layers auto:{opts.softmax_auto} by --softmax-select "
+                 f"{opts.softmax_select} (on {on})", opts)
+        blocks = train_blocks if opts.softmax_select == "transfer" else heldout
+        liger_cfg, metrics["layer_scores"] = resolve_auto(model, opts.liger, opts.softmax_auto, blocks,
+                                                          metrics.get("layer_scores"), opts.softmax_select,
+                                                          tokenizer=tok, progress=opts.progress)
         opts = dataclasses.replace(opts, liger=liger_cfg)
         _log(f"softmax layers chosen from data: {list(opts.liger.softmax_layers)}", opts)
     linearize(model, opts.liger)

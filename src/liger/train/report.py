@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..evaluate.quality import position_plot, quality_markdown
-from ..layer_scores import scores_markdown
+from ..layer_scores import RULE_TEXT, scores_markdown
 from ..plotting import pyplot, save_figure
 
 
@@ -81,8 +81,8 @@ def report_markdown(r: dict, has_plot: bool, has_positions: bool = False) -> str
         lines.append(f"| {s['stage']} | {s['steps']} | {s['tokens']:,} | {s['seconds'] / 60:.1f} | {s['lr']:g} | "
                      f"{s['stopped_by']} | {loss} |")
     if r.get("layer_scores"):  # --softmax-layers auto:N
-        lines += ["", "Per-layer scores for `--softmax-layers auto:N` (the N layers with the largest attention-"
-                  "transfer MSE stay softmax; linearity: Procrustes similarity of the layer's input and output):",
+        rule = r["layer_scores"][0].get("rule", "transfer")  # scores saved before --softmax-select: transfer
+        lines += ["", f"Per-layer scores for `--softmax-layers auto:N --softmax-select {rule}` ({RULE_TEXT[rule]}):",
                   "", scores_markdown(r["layer_scores"])]
     if has_plot:
         lines += ["", "![loss curve](loss.png)"]

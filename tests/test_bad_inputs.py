@@ -94,6 +94,8 @@ ROWS = [
     (convert("--window", "1000000000000"), "--window 1000000000000 is longer than the model's context limit of 1024"),
     (linearize("--window", "1000000000"), "--window 1000000000 is longer than the model's context limit of 1024"),
     (convert("--window", "-1"), "--window must be a whole number >= 0, got -1"),
+    (convert("--sparse-cache", "-3"), "--sparse-cache must be a whole number >= 0, got -3"),
+    (linearize("--window", "0", "--sparse-cache", "8"), "the sparse cache joins the window's softmax"),
     (convert("--window", "wide"), "argument --window: invalid int value: 'wide'"),
     (convert("--softmax-layers", "3-1"), "--softmax-layers range '3-1' runs backwards"),
     (convert("--softmax-layers", "-1"), "--softmax-layers takes layer indices >= 0"),

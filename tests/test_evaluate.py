@@ -249,3 +249,18 @@ def test_refuses_to_replace_a_folder_that_is_not_a_report(folders, tmp_path, cap
     assert main(_eval_args(folders, out, "--sections", "lm")) == 2
     assert "not an eval report" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_sparse_cache_override_and_recall_cache_size(folders, tmp_path, monkeypatch):
+    """`liger eval --sparse-cache M` measures the checkpoint with that budget (no retraining); every recall
+    report carries the cache bytes it was measured with."""
+    monkeypatch.chdir(REPO)
+    assert main(_eval_args(folders, tmp_path / "plain", "--sections", "recall")) == 0
+    assert main(_eval_args(folders, tmp_path / "sparse", "--sections", "recall", "--sparse-cache", "8")) == 0
+    plain, sparse = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("plain", "sparse"))
+    cb_plain, cb_sparse = plain["sections"]["recall"]["cache_bytes"], sparse["sections"]["recall"]["cache_bytes"]
+    assert cb_plain["teacher"] == cb_sparse["teacher"] > cb_sparse["linearized"] > cb_plain["linearized"] > 0
+    assert sparse["options"]["sparse_cache"] == 8 and plain["options"]["sparse_cache"] is None
+    row = next(r for r in sparse["summary"] if r["metric"].startswith("cache MiB at"))
+    assert "recall prompts" in row["metric"]
+    assert (tmp_path / "sparse" / "eval.md").read_text().count("cache MiB at") >= 1

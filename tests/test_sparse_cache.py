@@ -117,3 +117,25 @@ def test_sparse_cache_trains():
     loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "k_proj" in n]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("arch", ARCHS + MORE_ARCHS)
+def test_reconfigure_restores_softmax_layers_and_sets_the_budget(arch):
+    """liger.surgery.reconfigure: restoring every layer gives back the host's logits; restoring one and setting
+    M equals linearizing with that config from the start; the cache then grows in the restored layer only."""
+    from liger.surgery import reconfigure
+
+    base = tiny_model(arch)
+    ids = torch.randint(1, 128, (1, 30), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = base(ids).logits
+        all_back = reconfigure(liger.linearize(copy.deepcopy(base)), softmax_layers=(0, 1, 2))
+        assert not any(p.is_meta for p in all_back.parameters())
+        assert (all_back(ids).logits - want).abs().max().item() <= ATOL
+        one = reconfigure(liger.linearize(copy.deepcopy(base), liger.LigerConfig(window=4)), softmax_layers=(1,),
+                          sparse_cache=3)
+        ref = liger.linearize(copy.deepcopy(base), liger.LigerConfig(window=4, softmax_layers=(1,), sparse_cache=3))
+        assert (one(ids).logits - ref(ids).logits).abs().max().item() <= ATOL
+    assert one.config.liger["softmax_layers"] == [1] and one.config.liger["sparse_cache"] == 3
+    with pytest.raises(ConfigError, match="out of range"):
+        reconfigure(one, softmax_layers=(7,))

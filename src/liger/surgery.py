@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -80,4 +82,39 @@ def linearize(model: nn.Module, config: LigerConfig | None = None) -> nn.Module:
         base._liger_hooked = True
     model.config.liger = config.to_dict()
     model.__class__ = _liger_class(type(model))
+    return model
+
+
+def reconfigure(model: nn.Module, *, softmax_layers: tuple[int, ...] | None = None,
+                sparse_cache: int | None = None) -> nn.Module:
+    """Change a linearized model in place without retraining: `softmax_layers` also turns these linearized
+    layers back into the host's softmax attention (its own class, on the layer's current projection weights,
+    with its growing KV cache); `sparse_cache` sets the sparse cache's budget M of every linearized layer
+    (0: off). The model's config records the result (saved by save_pretrained). Returns the same model."""
+    config = config_of(model)
+    if config is None:
+        raise ConfigError("reconfigure takes a linearized model (liger.linearize or liger.from_pretrained)")
+    layers = decoder_layers(model)
+    restore = sorted(set(softmax_layers or ()))
+    bad = [i for i in restore if not 0 <= i < len(layers)]
+    if bad:
+        raise ConfigError(f"softmax_layers {bad} out of range: the model has {len(layers)} layers "
+                          f"(indices 0..{len(layers) - 1})")
+    new = config
+    if sparse_cache is not None:
+        new = dataclasses.replace(new, sparse_cache=sparse_cache)
+    new = dataclasses.replace(new, softmax_layers=tuple(sorted(set(new.softmax_layers) | set(restore))))
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        if not isinstance(attn, LigerAttention):
+            continue
+        if i in restore:
+            with torch.device("meta"):
+                host = attn.host_class(attn.config, i)
+            for name in attn.spec.projections():
+                setattr(host, name, getattr(attn, name))
+            layer.self_attn = host
+        else:
+            attn.liger = attn.core.config = new
+    model.config.liger = new.to_dict()
     return model

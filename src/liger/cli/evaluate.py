@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
            help=f"seed of the task items, passkeys, MQAR pairs and efficiency inputs (default {E.seed}); the "
            "same seed gives the same quality numbers")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    number(p, "--sparse-cache", bounds=NON_NEGATIVE, default=None, metavar="M",
+           help="measure the checkpoint with a sparse cache of M tokens per layer and key head (0: off), without "
+           "retraining (default: as saved); see `liger linearize --sparse-cache`")
     p.set_defaults(func=cmd_eval, parser=p)
 
 
@@ -93,7 +96,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     kw = dict(model=args.model, teacher=args.teacher, out=args.out, sections=sections, tasks=tasks,
               lm_eval_limit=args.lm_eval_limit, data=args.data, batch_size=args.batch_size, seed=args.seed,
               progress=not args.quiet, command=explicit_command(args.parser, args, ["liger", "eval"]))
-    for name, value in [("seq_len", args.seq_len), ("blocks", args.blocks), ("items", args.items),
+    for name, value in [("sparse_cache", args.sparse_cache), ("seq_len", args.seq_len), ("blocks", args.blocks), ("items", args.items),
                         ("decode_tokens", args.decode_tokens), ("passkey_samples", args.passkey_samples),
                         ("ood_blocks", args.ood_blocks), ("long_tokens", args.long_tokens)]:
         if value is not None:

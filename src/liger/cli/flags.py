@@ -187,6 +187,10 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
                    help="gla, hgrn2, simple_gla, retention: divide the linear branch by its normaliser q'z "
                    "(a weighted average of the values at any length); on by default for those mixers, "
                    "--no-normalize gives the Liger paper's unnormalised branch")
+    number(p, "--sparse-cache", bounds=NON_NEGATIVE, default=0, metavar="M",
+                   help="also keep, per layer and key head, the M tokens that have left the window and that a "
+                   "linear memory reconstructs worst, as exact keys/values that the window's softmax covers "
+                   "(fixed bytes: M tokens' KV per layer; long-context recall, docs/RESULTS.md); 0 (default): off")
 
 
 def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
@@ -198,7 +202,7 @@ def liger_config_from_args(args: argparse.Namespace) -> tuple[LigerConfig, int]:
                          softmax_layers=() if n_auto else layer_list(args.softmax_layers),
                          softmax_every=args.softmax_every, learnable_mix=args.learnable_mix,
                          num_slots=args.num_slots, delta_negative_eigen=args.negative_eigen,
-                         normalize=args.normalize)
+                         normalize=args.normalize, sparse_cache=args.sparse_cache)
     return config, n_auto
 
 

@@ -49,6 +49,11 @@ def summary_rows(sec: dict) -> list[dict]:
             "higher")
         add("MQAR exact recall, mean over pair counts", _mean(mq["teacher"], "exact"), _mean(mq["linearized"], "exact"),
             "higher")
+        if "cache_bytes" in sec["recall"]:  # the memory those recall figures were bought with
+            L = max(r["length"] for r in pk["teacher"])
+            cb = sec["recall"]["cache_bytes"]
+            add(f"cache MiB at {L} tokens (the recall prompts' longest), batch 1", cb["teacher"] / 2**20,
+                cb["linearized"] / 2**20, "lower")
     if "efficiency" in sec:
         eff = sec["efficiency"]
         for batch in sorted({r["batch"] for r in eff["teacher"]}):

@@ -21,7 +21,9 @@ from ..atomic import atomic_output_dir, check_writable
 from ..data import load_corpus, pack
 from ..data.ood import OOD_DESCRIPTION, ood_eval_data
 from ..errors import CheckpointError, ConfigError, DataError
+from ..cache import cache_footprint
 from ..models import check_logits, load_model, max_positions, read_config
+from ..surgery import reconfigure
 from . import plots
 from .efficiency import measure
 from .lm_eval_adapter import check_tasks, run_lm_eval
@@ -68,6 +70,7 @@ class EvalOptions:
     seed: int = 0
     progress: bool = True
     command: str | None = None  # recorded in the report; default: sys.argv
+    sparse_cache: int | None = None  # set the checkpoint's sparse-cache budget before measuring (None: as saved)
     # Lengths the user gave explicitly ("recall_lengths", "eff_lengths", "long_tokens"): beyond the model's limit
     # they are an error; defaults are capped.
     explicit_lengths: tuple[str, ...] = ()
@@ -210,6 +213,8 @@ def _check_forward(model: torch.nn.Module, spec: str) -> None:
 
 def _load(opts: EvalOptions):
     student, tok = load_model(opts.model, require_liger=True, finite=True)
+    if opts.sparse_cache is not None:  # training-free: the same weights with another sparse-cache budget
+        reconfigure(student, sparse_cache=opts.sparse_cache)
     student = student.float().eval()
     teacher_spec = opts.teacher or recorded_teacher(opts.model, student) or "bundled"
     limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
@@ -322,8 +327,10 @@ def _tasks_section(opts: EvalOptions, models: dict, tok, heldout: list[str]) -> 
 
 
 def _recall_section(opts: EvalOptions, models: dict, tok) -> dict:
-    sec: dict = {"passkey": {}, "mqar": {}}
+    sec: dict = {"passkey": {}, "mqar": {}, "cache_bytes": {}}
     for label, m in models.items():
+        fp = cache_footprint(m)  # one sequence's cache at the longest prompt, beside every recall figure
+        sec["cache_bytes"][label] = fp["fixed"] + max(opts.recall_lengths) * fp["per_token"]
         total = len(opts.recall_lengths) * len(opts.depths) * opts.passkey_samples
         with _bar(opts, total, f"passkey ({label})") as bar:
             sec["passkey"][label] = passkey_grid(m, tok, opts.recall_lengths, opts.depths, opts.passkey_samples,

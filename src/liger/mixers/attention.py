@@ -57,6 +57,7 @@ class LigerAttention(nn.Module):
     def __init__(self, attn: nn.Module, spec: ArchSpec, config: LigerConfig, layer_idx: int) -> None:
         super().__init__()
         self.spec, self.liger, self.layer_idx = spec, config, layer_idx
+        self.host_class = type(attn)  # to rebuild the softmax attention (liger.surgery.reconfigure)
         for name in spec.projections():
             setattr(self, name, getattr(attn, name))
         mc = attn.config

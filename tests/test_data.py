@@ -294,6 +294,159 @@ def test_mix_gives_equal_shares_and_keeps_each_sources_split(tmp_path):
     assert load_corpus(str(plus)).spec.kind == "local"
 
 
+def test_weighted_mix_gives_each_part_its_share(tmp_path):
+    big = [f"Big source document {i}: " + "words about the weather " * (5 + i % 4) for i in range(200)]
+    mid = [f"Middle source document {i}, on gardening and soil. " * 3 for i in range(150)]
+    small = [f"Small note {i}." for i in range(40)]
+    paths = [str(write_jsonl(tmp_path / f"{n}.jsonl", [{"text": d} for d in docs]))
+             for n, docs in (("big", big), ("mid", mid), ("small", small))]
+    a, b, c = paths
+    alone = {p: load_corpus(p, seed=1, heldout_fraction=0.1) for p in paths}
+    longest = {p: max(map(len, alone[p].train)) for p in paths}
+
+    def chars(mix, p):
+        docs = set(alone[p].train)
+        return sum(len(d) for d in mix.train if d in docs)
+
+    # b cut (a fifth of the text, smaller than its whole), c repeated (a tenth): a and nothing else sets the total
+    mix = load_corpus(f"{a}+{b}@0.2+{c}@0.1", seed=1, heldout_fraction=0.1)
+    total = alone[a].spec.train_chars / 0.7
+    assert chars(mix, a) == alone[a].spec.train_chars  # the largest unweighted part: once, whole
+    for p, share in ((b, 0.2), (c, 0.1)):
+        assert share * total <= chars(mix, p) < share * total + longest[p]
+    assert chars(mix, b) < alone[b].spec.train_chars  # b cut
+    assert sum(d in set(alone[c].train) for d in mix.train) > len(alone[c].train)  # c repeated
+    assert mix.spec.train_chars == sum(chars(mix, p) for p in paths) and mix.spec.kind == "mix"
+    assert mix.source.startswith("70% ") and "+ 20% " in mix.source and "+ 10% " in mix.source
+    # two unweighted parts split the rest equally; the larger sets the total
+    mix = load_corpus(f"{c}@0.25+{a}+{b}", seed=1, heldout_fraction=0.1)
+    total = alone[a].spec.train_chars / 0.375
+    assert chars(mix, a) == alone[a].spec.train_chars
+    assert alone[a].spec.train_chars <= chars(mix, b) < alone[a].spec.train_chars + longest[b]
+    assert 0.25 * total <= chars(mix, c) < 0.25 * total + longest[c]
+    # held-out: every document of every part, the first ones in proportion to the shares
+    assert sorted(mix.heldout) == sorted(sum((alone[p].heldout for p in paths), []))
+    assert {mix.heldout[0], mix.heldout[1], mix.heldout[2]} == {alone[p].heldout[0] for p in paths}
+    assert load_corpus(f"{a}+{b}@0.2", seed=1, heldout_fraction=0.1).train != \
+        load_corpus(f"{a}+{b}@0.2", seed=2, heldout_fraction=0.1).train
+
+
+@pytest.mark.parametrize("source,match", [
+    ("builtin+recall@0.6+self@0.4", r"the shares sum to 1, leaving nothing .* less than 1"),
+    ("builtin+recall@0.7+self:4@0.5", r"the shares sum to 1\.2"),
+    ("builtin+recall@1", r"share of 'recall' must be a number between 0 and 1 \(exclusive\).*got '1'"),
+    ("builtin+recall@0", r"must be a number between 0 and 1"),
+    ("builtin+recall@-0.1", r"must be a number between 0 and 1"),
+    ("builtin+recall@abc", r"must be a number between 0 and 1.*got 'abc'"),
+    ("builtin+recall@", r"must be a number between 0 and 1"),
+    ("builtin@0.5+recall@0.2", r"every part of the mix has a share; leave at least one part without '@F'"),
+    ("recall@0.1", r"a share '@F' weighs a part of a mix joined by '\+' \(e\.g\. builtin\+recall@0\.1\); "
+                   r"for recall alone use --data recall"),
+    ("builtin+recall@0.1+recall", r"a mix names each source once"),
+])
+def test_weighted_mix_errors(source, match):
+    with pytest.raises(DataError, match=match) as err:
+        load_corpus(source)
+    assert "\n" not in str(err.value)
+
+
+def test_an_existing_path_with_at_is_a_path(tmp_path):
+    at = tmp_path / "notes@0.5.txt"
+    at.write_text("\n\n".join(f"Paragraph {i} of the notes, with some words." for i in range(30)))
+    assert load_corpus(str(at)).spec.kind == "local"
+    other = write_jsonl(tmp_path / "o.jsonl", [{"text": f"Other document {i}."} for i in range(30)])
+    mix = load_corpus(f"{at}+{other}@0.5")
+    assert mix.spec.kind == "mix" and "50% local" in mix.source
+
+
+# ---------------------------------------------------------------------------------------------- recall
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    from liger.data.recall import recall_episodes
+
+    return recall_episodes(300, seed=0)
+
+
+def _at(text: str, word: str, start: int = 0) -> list[int]:
+    import re
+
+    return [m.start() for m in re.finditer(rf"(?<![\w]){re.escape(word)}(?![\w])", text[start:])]
+
+
+def test_recall_documents_are_deterministic_and_fit_a_block(episodes):
+    from liger.data.recall import recall_documents
+
+    docs = [e.text for e in episodes]
+    assert recall_documents(300, seed=0) == docs and recall_documents(40, seed=0) == docs[:40]  # a prefix
+    assert recall_documents(40, seed=1) != docs[:40]
+    assert len(set(docs)) == len(docs) and all(d == d.strip() for d in docs)
+    assert max(map(len, docs)) <= 1800 and sum(map(len, docs)) / len(docs) > 900
+    assert [e.kind for e in episodes[:4]] == ["passkey", "associative"] * 2
+    short = recall_documents(50, seed=3, max_chars=600)
+    assert max(map(len, short)) <= 600
+    with pytest.raises(DataError, match="max_chars >= 400"):
+        recall_documents(3, max_chars=100)
+
+
+def test_recall_answers_follow_their_statements(episodes):
+    kinds = set()
+    for e in episodes:
+        text, q = e.text, e.questions_at
+        assert e.asked and set(e.asked) <= set(e.facts)
+        assert len({k for k, _ in e.facts}) == len(e.facts) == len({v for _, v in e.facts})
+        last = q
+        for key, value in e.asked:
+            stated = _at(text, value)
+            assert len(stated) == 2 and stated[0] < q, (value, text)  # stated once, answered once
+            assert any(k < stated[0] for k in _at(text[:q], key)) or e.kind == "associative"
+            line = text[:stated[0]].rpartition("\n")[2] + text[stated[0]:].partition("\n")[0]
+            assert key in line or e.kind == "passkey"  # a pair states its key and value on one line
+            answer = stated[1]
+            assert any(last <= k < answer for k in _at(text, key))  # in order: asked by its key, then answered
+            last = answer
+        for _, value in set(e.facts) - set(e.asked):
+            assert len(_at(text, value)) == 1
+        kinds.add((e.kind, e.facts[0][1].isdigit()))
+    assert kinds == {("passkey", True), ("passkey", False), ("associative", True), ("associative", False)}
+
+
+def test_recall_does_not_reuse_the_evaluation_probes(episodes):
+    import re
+
+    from liger.data import probes
+    from liger.data.recall import KEY_VOCABULARY, filler_sentences
+
+    mqar = set(probes.MQAR_KEYS)
+    assert not KEY_VOCABULARY & mqar
+    phrases = {"pass key", "secret code", "passkey"}
+    for t in (probes.PASSKEY_INTRO, probes.PASSKEY_FILLER, probes.PASSKEY_NEEDLE, probes.PASSKEY_QUESTION,
+              probes.MQAR_INTRO, probes.MQAR_PAIR, probes.MQAR_RECALL):
+        for frag in re.split(r"\{key\}|[.?!\n]", t):
+            if len(frag.split()) >= 2:
+                phrases.add(" ".join(frag.split()).lower())
+    assert {"the code for", "the pass key is", "the grass is green", "now recall the codes"} <= phrases
+    for e in episodes:
+        low = e.text.lower()
+        assert not [p for p in phrases if p in low], e.text
+        assert not {w for w in re.findall(r"[a-z]+", low)} & mqar, e.text
+    held = "\n".join(" ".join(d.split()) for d in load_corpus("builtin").heldout)
+    assert not [s for s in filler_sentences() if s in held]  # filler comes from the training side only
+
+
+def test_recall_source_and_its_split():
+    c = load_corpus("recall:120")
+    assert c.spec.kind == "recall" and c.source == "recall (120 synthetic retrieval episodes)"
+    assert len(c.train) + len(c.heldout) == 120 and c.heldout and len(c.train) > 100
+    assert all(is_heldout(d, 0.05) for d in c.heldout) and not any(is_heldout(d, 0.05) for d in c.train)
+    from liger.data.recall import recall_documents
+
+    assert set(c.train + c.heldout) == set(recall_documents(120))
+    with pytest.raises(DataError, match=r"recall:N needs N >= 1"):
+        load_corpus("recall:0")
+
+
 # ---------------------------------------------------------------------------------------------- pack
 
 

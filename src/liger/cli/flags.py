@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ..config import MIXERS, LigerConfig
 from ..errors import ConfigError
-from ..layer_scores import DEFAULT_SELECT, SCORE_BLOCKS, SCORE_SEQ_LEN, SELECT_RULES, parse_auto
+from ..layer_scores import DEFAULT_SELECT, KL_BLOCKS, SCORE_BLOCKS, SCORE_SEQ_LEN, SELECT_RULES, parse_auto
 from ..models import max_positions
 
 T = TypeVar("T")
@@ -170,10 +170,10 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
         "--softmax-select", default=DEFAULT_SELECT, choices=SELECT_RULES,
         help="how auto:N chooses its layers (default %(default)s): kl, restore one layer at a time to softmax "
         "attention and keep the N that lower KL(teacher || student) most, on the first "
-        f"{SCORE_BLOCKS} held-out blocks (linearize: of --data, --seq-len tokens each; convert: of the built-in "
+        f"{KL_BLOCKS} held-out blocks (linearize: of --data, --seq-len tokens each; convert: of the built-in "
         f"corpus, {SCORE_SEQ_LEN} tokens each), one forward per layer per block; kl-greedy: N rounds of that, each "
         "on top of the earlier picks; recall: the same loop ranked by the answer NLL of synthetic passkey "
-        "prompts; transfer: the largest attention-transfer error on training blocks (measured worse than "
+        f"prompts; transfer: the largest attention-transfer error on {SCORE_BLOCKS} training blocks (measured worse than "
         "evenly spaced layers, docs/RESULTS.md)"
     )
     number(p, "--softmax-every", bounds=Bounds(0, note="(0 = off)"), default=LigerConfig.softmax_every, metavar="N",

@@ -47,9 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=JobOptions.data,
                    help="builtin (default, offline), self or self:N (N teacher-generated samples, default 256; "
-                   "~100 tokens/s to generate on 2 cores, cached), a hub dataset id, a save_to_disk folder, "
+                   "~100 tokens/s to generate on 2 cores, cached), recall or recall:N (N synthetic passkey/"
+                   "associative-recall episodes, default 4000, offline), a hub dataset id, a save_to_disk folder, "
                    ".txt/.jsonl/.parquet files or folders, or a mix of these joined by + in equal shares "
-                   "(e.g. builtin+self:512)")
+                   "(e.g. builtin+self:512); a part given @F (0<F<1) gets that fraction of the training text and "
+                   "the others split the rest (e.g. builtin+recall@0.1)")
     number(p, "--seq-len", bounds=Bounds(16), default=JobOptions.seq_len,
            help=f"tokens per packed training sequence (default {JobOptions.seq_len})")
     number(p, "--eval-blocks", bounds=COUNT, default=JobOptions.eval_blocks,

@@ -379,7 +379,7 @@ def _load_models(opts: JobOptions, par: ParallelContext):
 def _convert(model, tok, opts: JobOptions, par: ParallelContext, metrics: dict, train_blocks, heldout
              ) -> JobOptions:
     """Linearize `model` in place; `--softmax-layers auto:N` is resolved first, by the rule of --softmax-select:
-    the KL rules on the first SCORE_BLOCKS held-out blocks, `transfer` on the first training blocks, `recall` on
+    the KL rules on the first KL_BLOCKS held-out blocks, `transfer` on the first training blocks, `recall` on
     passkey prompts of `tok`. Distributed runs measure the held-out perplexity before and after here (kept in
     `metrics`, which a resumed run brings); single-process runs take both from the converted model's quality
     figures. Returns `opts` with the layers it chose."""

@@ -128,7 +128,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "pareto.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"command": " ".join(sys.argv), "variants": {}}
+    results = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
+    results["command"] = "python " + " ".join(sys.argv)  # the latest run (earlier ones measured a subset)
 
     torch.manual_seed(0)
     model = liger.from_pretrained(args.model, dtype=torch.float32).eval()

@@ -114,6 +114,11 @@ def _generate(model, tokenizer, batch: list[str], max_new_tokens: int) -> list[s
     return [f"{p}\n\n{a.strip()}" for p, a in zip(batch, answers)]
 
 
+def _jsonl(texts: list[str]) -> str:
+    """The cache file's lines for `texts`: one {"text": ...} JSON object per line."""
+    return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+
+
 def self_generated(model, tokenizer, num_samples: int = 256, *, max_new_tokens: int | None = None, seed: int = 0,
                    batch_size: int | None = None) -> list[str]:
     """`num_samples` teacher-written documents (prompt, blank line, answer), cached on disk (see the module
@@ -133,7 +138,7 @@ def self_generated(model, tokenizer, num_samples: int = 256, *, max_new_tokens: 
     path.parent.mkdir(parents=True, exist_ok=True)
     # Rewrite what was read (drops a torn tail) before appending, atomically.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    tmp.write_text(_jsonl(texts), encoding="utf-8")
     os.replace(tmp, path)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     devices = [model.device] if model.device.type == "cuda" else []
@@ -146,7 +151,7 @@ def self_generated(model, tokenizer, num_samples: int = 256, *, max_new_tokens: 
                 torch.manual_seed(seed * 1_000_003 + start)  # each batch reproducible on its own
                 batch = _generate(model, tokenizer, [base[(start + i) % len(base)] for i in range(batch_size)],
                                   max_new_tokens)
-                f.write("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in batch))
+                f.write(_jsonl(batch))
                 f.flush()
                 texts.extend(batch)
                 bar.update(min(batch_size, num_samples - start))

@@ -121,6 +121,8 @@ def _mixer(c: dict) -> str:
     soft = f", softmax layers {c['softmax_layers']}" if c["softmax_layers"] else ""
     if c.get("softmax_every"):
         soft += f", one softmax layer in every {c['softmax_every']}"
+    if c.get("sparse_cache"):
+        soft += f", sparse cache of {c['sparse_cache']} tokens per layer and key head"
     return f"mixer `{c['mixer']}` ({c['feature_map']} feature map), {window}{soft}"
 
 

@@ -14,7 +14,8 @@ A variant is `+`-joined parts (liger.surgery.reconfigure on a copy of MODEL):
 - `even:N`: N evenly spaced layers restored (layer round((i + 1) * L / (N + 1)), i < N).
 Restored layers use the checkpoint's own q/k/v/o weights (LoRA merged), as the host's softmax attention.
 
-Per variant: passkey exact recall (mean over lengths x depths, one key each) and per length, MQAR exact recall
+Per variant: passkey exact recall (mean over lengths x depths, one key each) and per length, the answer's mean
+log-likelihood (`passkey_logprob`, in pareto.json), MQAR exact recall
 (mean over pair counts, 2 samples each), perplexity on --ood-blocks blocks of 512 out-of-domain tokens
 (liger.data.ood), and the cache of one sequence at 8,192 tokens in float32 (liger.cache.cache_footprint).
 Writes <out>/pareto.json (each variant as it finishes; a rerun skips the variants already there), pareto.md
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 import liger
 from liger.cache import cache_footprint
+from liger.config import config_of
 from liger.data import load_corpus, pack
 from liger.data.ood import ood_eval_data
 from liger.evaluate.perplexity import perplexity
@@ -95,7 +97,7 @@ def build(spec: str, model, ranking: list[dict]):
             raise SystemExit(f"unknown variant part {part!r}: use linear, sparse:M, kl:N, even:N or teacher")
     m = copy.deepcopy(model)
     reconfigure(m, softmax_layers=tuple(sorted(softmax)), sparse_cache=sparse)
-    return m, sorted(softmax)
+    return m, sorted(config_of(m).softmax_layer_set(len(m.model.layers)))  # restored and the checkpoint's own
 
 
 def measure(model, tok, args, ood: torch.Tensor) -> dict:
@@ -106,6 +108,7 @@ def measure(model, tok, args, ood: torch.Tensor) -> dict:
     fp = cache_footprint(model, torch.float32)
     by_len = {str(n): sum(r["exact"] for r in pk if r["length"] == n) / len(args.depths) for n in args.lengths}
     return {"passkey": sum(r["exact"] for r in pk) / len(pk), "passkey_by_length": by_len,
+            "passkey_logprob": sum(r["logprob"] for r in pk) / len(pk),
             "mqar": sum(r["exact"] for r in mq) / len(mq), "ood_ppl": ppl,
             "cache_mib": (fp["fixed"] + CONTEXT * fp["per_token"]) / MIB,
             "teacher_cache_mib": CONTEXT * fp["original_per_token"] / MIB}

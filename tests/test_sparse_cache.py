@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import ARCHS, MORE_ARCHS, tiny_model
 from test_generation import ATOL, incremental_logits
+from test_mixers import left_padded
 
 import liger
 from liger.cache import CACHE_KWARG, cache_footprint, output_cache
@@ -15,13 +16,8 @@ from liger.config import MIXERS
 from liger.errors import ConfigError
 
 
-def _padded_batch(T=48, pads=(0, 7), seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 128, (len(pads), T), generator=gen)
-    mask = torch.ones_like(ids)
-    for b, p in enumerate(pads):
-        ids[b, :p], mask[b, :p] = 0, 0
-    return ids, mask
+def _padded_batch():
+    return left_padded(T=48, pads=(0, 7), seed=5)
 
 
 def _check_exact(model, prefill=13):

@@ -10,11 +10,12 @@ from .errors import ConfigError
 
 # Mixers whose linear branch is an unnormalised sum (`normalize` divides it by its normaliser).
 NORMALIZABLE = ("gla", "hgrn2", "simple_gla", "retention")
-MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats", "gsa", "gated_deltanet", "lawcat")
+MIXERS = ("gla", "hgrn2", "simple_gla", "retention", "lolcats", "gsa", "gated_deltanet", "lawcat", "native_gdn")
+DEFAULT_WINDOW = 64  # the window of every mixer but native_gdn (which has none: it is the native layer as is)
 # Feature maps each mixer supports; the first is its default.
 FEATURE_MAPS = {"gla": ("softmax",), "hgrn2": ("softmax",), "simple_gla": ("softmax",), "retention": ("softmax",),
                 "lolcats": ("hedgehog",), "gsa": ("softmax",), "gated_deltanet": ("l2norm",),
-                "lawcat": ("softmax",)}
+                "lawcat": ("softmax",), "native_gdn": ("l2norm",)}
 
 
 @dataclass
@@ -27,9 +28,12 @@ class LigerConfig:
         with a per-head decay; beta and decay from the mean key) -- none adds parameters -- or "lolcats"
         (Hedgehog feature maps, window and linear attention sharing one normaliser; trainable maps and window
         factors) or "lawcat" (trainable short causal convolution on q/k, identity at start, before a
-        normalised Liger-GLA).
+        normalised Liger-GLA) or "native_gdn" (Gated DeltaNet exactly as Qwen3.5's linear layers parameterise it:
+        short convolution, output gate, gated RMSNorm, its own beta/decay projections; no window; exportable with
+        `liger export --to qwen3_5`, see liger.mixers.native_gdn).
     window: sliding-window softmax branch length in tokens (each query sees itself and the `window - 1`
-        tokens before it); 0 disables the branch (pure gated linear attention).
+        tokens before it); 0 disables the branch (pure gated linear attention). None (the default): 64
+        (DEFAULT_WINDOW), or 0 for native_gdn, which cannot have one.
     mix: (window weight, linear weight); Liger Attention uses (0.5, 0.5).
     learnable_mix: make the two weights trainable per head (initialised to `mix`).
     gate_normalizer: g = logsigmoid(k) / gate_normalizer (natural-log decay per step, <= 0).
@@ -54,7 +58,7 @@ class LigerConfig:
     """
 
     mixer: str = "gla"
-    window: int = 64
+    window: int | None = None
     mix: tuple[float, float] = (0.5, 0.5)
     learnable_mix: bool = False
     gate_normalizer: float = 16.0
@@ -76,6 +80,8 @@ class LigerConfig:
             raise ConfigError(
                 f"feature_map {self.feature_map!r} does not go with mixer {self.mixer!r}; it supports {', '.join(maps)}"
             )
+        if self.window is None:
+            self.window = 0 if self.mixer == "native_gdn" else DEFAULT_WINDOW
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(
                 f"window must be a whole number of tokens >= 0 (0 disables the window branch), got {self.window!r}"
@@ -87,6 +93,9 @@ class LigerConfig:
         if len(mix) != 2:
             raise ConfigError(f"mix must be two numbers (window weight, linear weight), got {self.mix!r}")
         self.mix = mix
+        if self.mixer == "native_gdn" and self.window:
+            raise ConfigError(f"mixer 'native_gdn' is Qwen3.5's linear layer as is, which has no window branch; got "
+                              f"window {self.window}: drop --window (or pass --window 0)")
         if not self.gate_normalizer > 0:
             raise ConfigError(f"gate_normalizer must be > 0, got {self.gate_normalizer!r}")
         self.gate_normalizer = float(self.gate_normalizer)
@@ -149,7 +158,7 @@ class LigerConfig:
         if max_positions and self.window > max_positions:
             raise ConfigError(
                 f"{flag} {self.window} is longer than the model's context limit of {max_positions} tokens "
-                f"(max_position_embeddings); use a window of at most {max_positions} (default {LigerConfig.window})"
+                f"(max_position_embeddings); use a window of at most {max_positions} (default {DEFAULT_WINDOW})"
             )
 
     @classmethod

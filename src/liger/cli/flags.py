@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..config import MIXERS, LigerConfig
+from ..config import DEFAULT_WINDOW, MIXERS, LigerConfig
 from ..errors import ConfigError
 from ..layer_scores import DEFAULT_SELECT, KL_BLOCKS, SCORE_BLOCKS, SCORE_SEQ_LEN, SELECT_RULES, parse_auto
 from ..models import max_positions
@@ -158,9 +158,9 @@ def add_liger_config_args(p: argparse.ArgumentParser) -> None:
     """The LigerConfig flags shared by `convert` and `linearize`."""
     p.add_argument("--mixer", default=LigerConfig.mixer, choices=list(MIXERS),
                    help=f"linear mixer (default: {LigerConfig.mixer}; see README's mixer table)")
-    number(p, "--window", bounds=NON_NEGATIVE, default=LigerConfig.window,
-           help="sliding-window length in tokens; 0 = no window branch; at most the model's "
-           "max_position_embeddings")
+    number(p, "--window", bounds=NON_NEGATIVE, default=None,
+           help=f"sliding-window length in tokens (default {DEFAULT_WINDOW}; native_gdn has none); 0 = no window "
+           "branch; at most the model's max_position_embeddings")
     p.add_argument(
         "--softmax-layers", default="", metavar="I,J",
         help="layers kept as softmax attention, e.g. 0,15 or 0-3,8; or auto:N, N layers chosen from data by "

@@ -70,7 +70,9 @@ class LigerAttention(nn.Module):
         self.host_window = getattr(attn, "sliding_window", None)  # the host's own window (Gemma, Mistral)
         self.apply_rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.is_causal = True
-        self.core = build_core(config, self.num_heads, self.num_kv_heads, self.head_dim)
+        self.core = build_core(config, self.num_heads, self.num_kv_heads, self.head_dim, mc)
+        if self.core.uses_hidden:
+            self.core.init_from_keys(self._proj(spec.qkv_proj or spec.k_proj, True).weight[self._k_rows()])
         # Attention transfer / alignment: output the softmax attention, record the mixer's error to it
         # (`transfer_metric`, see `alignment_error`), the target computed from the host's own projections.
         self.transfer = False
@@ -107,9 +109,14 @@ class LigerAttention(nn.Module):
         """Whether a LoRA adapter wraps one of the projections (then `project(host=True)` differs)."""
         return any(hasattr(getattr(self, n), "base_layer") for n in self.spec.projections())
 
-    def project(self, x: Tensor, host: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms (before RoPE); `host`: from the
-        host's own projection weights, without LoRA adapters."""
+    def _k_rows(self) -> slice:
+        """The key rows of the host's k projection (of its fused qkv projection, if it has one)."""
+        nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return slice(nq, nq + nk) if self.spec.qkv_proj else slice(0, nk)
+
+    def project(self, x: Tensor, host: bool = False, norms: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, T, Hq, D], k and v [B, T, Hk, D], after the host's q/k norms unless not `norms` (before RoPE);
+        `host`: from the host's own projection weights, without LoRA adapters."""
         B, T, _ = x.shape
         s = self.spec
         if s.qkv_proj:
@@ -118,9 +125,9 @@ class LigerAttention(nn.Module):
         else:
             q, k, v = (self._proj(n, host)(x) for n in (s.q_proj, s.k_proj, s.v_proj))
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
-        if s.q_norm:
+        if s.q_norm and norms:
             q = getattr(self, s.q_norm)(q)
-        if s.k_norm:
+        if s.k_norm and norms:
             k = getattr(self, s.k_norm)(k)
         return q, k, v
 
@@ -145,13 +152,17 @@ class LigerAttention(nn.Module):
             q, k, v = self.project(hidden_states, host=True)
             o = self.softmax_attention(q, k, v, position_embeddings).reshape(B, T, -1).to(hidden_states.dtype)
             return self._proj(self.spec.o_proj, True)(o), None
-        q, k, v = self.project(hidden_states)
-        o = self.core(q, k, v, rope=partial(self.rope, position_embeddings=position_embeddings), scale=self.scaling,
-                      softcap=self.softcap, valid=valid, cache=cache)
+        if self.core.uses_hidden:  # the native layer: the host's raw projections and the layer's input
+            q, k, v = self.project(hidden_states, norms=False)
+            o = self.core(q, k, v, hidden=hidden_states, valid=valid, cache=cache)
+        else:
+            q, k, v = self.project(hidden_states)
+            o = self.core(q, k, v, rope=partial(self.rope, position_embeddings=position_embeddings),
+                          scale=self.scaling, softcap=self.softcap, valid=valid, cache=cache)
         if self.transfer:
             host = self.adapted()
-            if host:
-                q, k, v = self.project(hidden_states, host=True)
+            if host or self.core.uses_hidden:  # the target's q, k: the host's own, after its q/k norms
+                q, k, v = self.project(hidden_states, host=host)
             target = self.softmax_attention(q, k, v, position_embeddings)
             self.transfer_loss = alignment_error(o, target, self.transfer_metric)
             o = target.reshape(B, T, -1).to(hidden_states.dtype)

@@ -70,6 +70,7 @@ class MixerCore(nn.Module):
     A subclass defines `linear` (its recurrence, with its state) and `state_shapes` (float32, per sequence)."""
 
     uses_mix = True  # False for a core that combines its window and linear parts itself (lolcats)
+    uses_hidden = False  # True for a core that reads the layer's input and the host's raw q/k (native_gdn)
 
     def __init__(self, config: LigerConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -111,6 +112,11 @@ class MixerCore(nn.Module):
         if cache is not None:
             cache.store(detach_state(state), window, q.shape[1], sparse)
         return o
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Own parameters that train beside the LoRA adapters (the learnable mix; the others: see subclasses)."""
+        mix = getattr(self, "mix", None)
+        return [mix] if isinstance(mix, nn.Parameter) else []
 
     def mix_weights(self) -> tuple:
         """The weights (window, linear): floats, or per-head [Hq, 1] parameters with `learnable_mix`."""

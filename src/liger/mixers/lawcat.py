@@ -66,6 +66,10 @@ class LawcatCore(MixerCore):
         o = lin[..., :D] / (lin[..., D:] + EPS)
         return o, ((S, cq, ck) if want_state else None)
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The short convolutions train with the LoRA adapters."""
+        return [*super().adapter_parameters(), self.conv_q, self.conv_k]
+
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """float32 S and z [Hk, D, D + 1], and the convolutions' last CONV_SIZE - 1 inputs."""
         D, n = self.head_dim, CONV_SIZE - 1

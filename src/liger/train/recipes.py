@@ -83,11 +83,10 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 8, alpha: int = 16) 
 
     freeze(model)
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
-    for name, p in model.named_parameters():
-        if name.endswith("core.mix"):  # --learnable-mix: the window/linear weights train with the adapters
-            p.requires_grad_(True)
-        if name.endswith(("core.conv_q", "core.conv_k")):  # lawcat's short convolutions train with them too
-            p.requires_grad_(True)
+    for m in model.modules():  # the mixers' parameters that train with the adapters (learnable mix, convolutions)
+        if isinstance(m, LigerAttention):
+            for p in m.core.adapter_parameters():
+                p.requires_grad_(True)
     return model
 
 

@@ -33,7 +33,7 @@ SRC = str(Path(liger.__file__).parents[1])
 
 def save_tiny(arch: str, path: Path, tokenizer: bool = False, **liger_kwargs) -> torch.nn.Module:
     """A tiny linearized model of `arch` saved to `path` (with a word-level tokenizer if asked); returns it."""
-    model = liger.linearize(tiny_model(arch), liger.LigerConfig(window=8, **liger_kwargs))
+    model = liger.linearize(tiny_model(arch), liger.LigerConfig(**{"window": 8, **liger_kwargs}))
     model.save_pretrained(path)
     if tokenizer:
         from tokenizers import Tokenizer, models, pre_tokenizers

@@ -1,5 +1,5 @@
-"""The gsa, gated_deltanet and lawcat mixers: prefill + decode == full forward, left padding, save/load, their
-constructions and parameters; the cache of every mixer against its footprint."""
+"""The gsa, gated_deltanet, lawcat and native_gdn mixers: prefill + decode == full forward, left padding,
+save/load, their constructions and parameters; the cache of every mixer against its footprint."""
 
 import pytest
 import torch
@@ -12,20 +12,31 @@ from liger.mixers.delta import delta_construct
 from liger.mixers.gsa import gsa_construct
 
 ATOL = 1e-4
-NEW_MIXERS = ["gsa", "gated_deltanet", "lawcat"]
+NEW_MIXERS = ["gsa", "gated_deltanet", "lawcat", "native_gdn"]
+# (mixer, window) pairs: native_gdn has no window branch
+NATIVE_PARAMETERS = tuple(f"core.{n}" for n in ("conv", "in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight",
+                                                 "dt_bias", "A_log", "norm_weight"))
+MIXER_WINDOWS = [(m, w) for m in NEW_MIXERS for w in (0, 64) if not (m == "native_gdn" and w)]
 
 
 def convert(arch, mixer, window, softmax_layers=(1,), seed=0, **kw):
-    """A tiny model linearized with `mixer`; lawcat's convolutions are moved off the identity, so that the
-    convolution state matters when decoding."""
+    """A tiny model linearized with `mixer` (native_gdn: no window, whatever `window` says); lawcat's
+    convolutions are moved off the identity, so that the convolution state matters when decoding, and every
+    native_gdn parameter is perturbed (its output gate starts closed)."""
+    window = 0 if mixer == "native_gdn" else window
     model = liger.linearize(tiny_model(arch), liger.LigerConfig(mixer=mixer, window=window,
                                                                 softmax_layers=softmax_layers, **kw))
+    perturb(model, seed)
+    return model
+
+
+def perturb(model, seed=0, scale=0.3):
+    """Move lawcat's convolutions and every native_gdn parameter off their initial values (in place)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("core.conv_q", "core.conv_k")):
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    return model
+            if name.endswith(("core.conv_q", "core.conv_k", *NATIVE_PARAMETERS)):
+                p.add_(scale * torch.randn(p.shape, generator=gen))
 
 
 def left_padded(T=90, pads=(0, 7, 23), seed=1):
@@ -47,9 +58,8 @@ def incremental(model, ids, mask, segments):
     return torch.cat(parts, 1), cache
 
 
-@pytest.mark.parametrize("mixer", NEW_MIXERS)
+@pytest.mark.parametrize("mixer,window", MIXER_WINDOWS)
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-@pytest.mark.parametrize("window", [0, 64])
 def test_prefill_then_decode_equals_full_forward_with_left_padding(mixer, arch, window):
     model = convert(arch, mixer, window)
     ids, mask = left_padded()

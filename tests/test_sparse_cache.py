@@ -41,7 +41,7 @@ def _check_exact(model, prefill=13):
     assert (full[1, 7:] - alone).abs().max().item() <= ATOL
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("mixer", [m for m in MIXERS if m != "native_gdn"])  # it has no window (next test)
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_every_mixer_decodes_exactly_with_a_sparse_cache(mixer, arch):
     model = liger.linearize(tiny_model(arch), liger.LigerConfig(mixer=mixer, window=4, sparse_cache=3,

@@ -119,6 +119,9 @@ class LigerConfig:
                               "--mixer gated_deltanet")
         if isinstance(self.sparse_cache, bool) or not isinstance(self.sparse_cache, int) or self.sparse_cache < 0:
             raise ConfigError(f"sparse_cache must be a whole number of tokens >= 0 (0: off), got {self.sparse_cache!r}")
+        if self.sparse_cache and self.mixer == "native_gdn":
+            raise ConfigError("the sparse cache joins the window's softmax, and mixer 'native_gdn' has no window: "
+                              "drop --sparse-cache (or use another mixer)")
         if self.sparse_cache and self.window < 1:
             raise ConfigError("the sparse cache joins the window's softmax: it needs --window >= 1 (got 0); "
                               "set a window or drop --sparse-cache")

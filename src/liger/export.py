@@ -41,7 +41,7 @@ from .mixers import LigerAttention
 
 Tensor = torch.Tensor
 
-TARGETS = ("qwen3_5",)
+TARGETS = ("qwen3_5",)  # the keys of EXPORTERS
 # Host model types the qwen3_5 export maps, and whether their attention has per-head q/k RMSNorms.
 QWEN3_5_HOSTS: dict[str, bool] = {"llama": False, "mistral": False, "qwen3": True}
 REPORT_FILE = "liger_export.json"
@@ -237,6 +237,9 @@ def to_qwen3_5(model: nn.Module, check_ids: Tensor | None = None) -> tuple[nn.Mo
     return native.eval(), notes
 
 
+EXPORTERS = {"qwen3_5": to_qwen3_5}  # target -> (model, check_ids) -> (native model, notes)
+
+
 @torch.no_grad()
 def max_logit_diff(a: nn.Module, b: nn.Module, ids: Tensor) -> float:
     """The largest |logit difference| of two models on token ids [B, T] (float64 comparison)."""
@@ -248,7 +251,8 @@ def export(model: nn.Module, target: str, out: str | Path, tokenizer=None, check
     """Write `model` (a linearized model) to the folder `out` (atomically) in `target`'s native form, with the
     tokenizer and `REPORT_FILE`; `check_ids` [B, T]: tokens on which to measure the logit difference (and
     calibrate q/k norms the host lacks, see `qk_rms`)."""
-    native, notes = to_qwen3_5(model, check_ids)
+    check_exportable(model, target)
+    native, notes = EXPORTERS[target](model, check_ids)
     report = ExportReport(target=target, model_type=native.config.model_type,
                           layer_types=list(native.config.layer_types), exact=not notes, notes=notes)
     if check_ids is not None:

@@ -1,8 +1,8 @@
-"""Command line: `liger convert | generate | info | linearize | eval | bench`. Errors a user can cause print
+"""Command line: `liger convert | generate | info | export | linearize | eval | bench`. Errors a user can cause print
 one line, exit code 2.
 
 All the argparse code lives in this package: `flags` (what every command shares) and one module per command
-group (`convert`: convert, generate, info; `linearize`; `evaluate`: eval; `bench`), each adding its
+group (`convert`: convert, generate, info, export; `linearize`; `evaluate`: eval; `bench`), each adding its
 subcommands with `register(subparsers)`. The work itself is done by liger.train, liger.evaluate and
 liger.bench, whose options are dataclasses; the flags' defaults are read from them.
 """

@@ -1,4 +1,4 @@
-"""`liger convert | generate | info`: one model at a time, no training."""
+"""`liger convert | generate | info | export`: one model at a time, no training."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..atomic import atomic_output_dir, check_writable
 from ..cache import cache_footprint
 from ..checkpoint import from_pretrained
 from ..errors import ConfigError
+from ..export import REPORT_FILE, TARGETS, export
 from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights
 from ..layer_scores import builtin_blocks, resolve_auto, scores_markdown
 from ..models import check_logits, load_model, read_config
@@ -48,6 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="DIR", help="liger checkpoint folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a linearized model as a native transformers architecture",
+                       description="Write a liger checkpoint in a hybrid architecture that transformers ships "
+                       "(qwen3_5: Qwen3_5ForCausalLM), which plain transformers, llama.cpp and vLLM load without "
+                       "liger. Linear layers must use --mixer native_gdn. Checks the logits against liger's.")
+    p.add_argument("model", metavar="DIR", help="liger checkpoint folder")
+    p.add_argument("--to", required=True, choices=list(TARGETS), help="the native architecture")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    number(p, "--check-tokens", bounds=COUNT, default=256,
+           help="built-in corpus tokens on which to compare the exported logits with liger's (and calibrate "
+           "q/k norms the host lacks; default %(default)s)")
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -175,3 +188,16 @@ def cmd_info(args: argparse.Namespace) -> None:
           + (f", plus {per_token:,} bytes per token (softmax layers)" if per_token else ""))
     print(f"original cache {original:,} bytes per token "
           f"(the linearized cache equals the original's at {ctx:,.0f} tokens of context)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    check_writable(args.out)
+    model, tok = load_model(args.model, require_liger=True)
+    ids = builtin_blocks(tok, n=1, seq_len=args.check_tokens, heldout=True)
+    r = export(model, args.to, args.out, tokenizer=tok, check_ids=ids)
+    kinds = ", ".join(f"{r.layer_types.count(k)} {k}" for k in dict.fromkeys(r.layer_types))
+    print(f"wrote {args.out}: {r.model_type} ({kinds}); load it with transformers' AutoModelForCausalLM")
+    print(f"largest |logit difference| to the liger model on {r.check_tokens} tokens: {r.max_abs_logit_diff:.3g} "
+          f"({'exact up to float rounding' if r.exact else 'not exact'}; {REPORT_FILE})")
+    for note in r.notes:
+        print(f"  note: {note}")

@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=JobOptions.model, help=f"model folder, hub id or {JobOptions.model!r} (default)")
     p.add_argument("--out", default=None, help="output folder (default: runs/liger-<model>)")
-    p.add_argument("--recipe", default=JobOptions.recipe, choices=RECIPES,
+    p.add_argument("--recipe", default=None, choices=RECIPES,
                    help="liger: LoRA on q/k/v, cross-entropy; lolcats: attention transfer of the feature maps, then "
                    "LoRA on q/k/v/o; align: each layer's output fit to the teacher's attention (LoRA on q/k/v "
                    "and the mixer's parameters); distill: KL to the teacher; staged: align, then distill "
-                   "(default %(default)s)")
+                   f"(default {JobOptions.recipe}; staged for --mixer native_gdn, whose output gate starts closed)")
     add_liger_config_args(p)
     _add_data_args(p)
     _add_training_args(p)
@@ -149,7 +149,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     liger, softmax_auto = liger_config_from_args(args)
     name = BUNDLED if args.model == BUNDLED else args.model.rstrip("/").split("/")[-1]
     return JobOptions(
-        model=args.model, out=args.out or f"runs/liger-{name}", recipe=args.recipe,
+        model=args.model, out=args.out or f"runs/liger-{name}",
+        recipe=args.recipe or ("staged" if liger.mixer == "native_gdn" else JobOptions.recipe),
         liger=liger, softmax_auto=softmax_auto, softmax_select=args.softmax_select, data=args.data,
         seq_len=args.seq_len, eval_blocks=args.eval_blocks,
         distill_weight=distill_weight if args.distill == "kl" else 0.0, lr=args.lr,

@@ -136,3 +136,29 @@ def test_cli_export(tmp_path, capsys):
     save_tiny("llama", tmp_path / "g", tokenizer=True)
     assert main(["export", str(tmp_path / "g"), "--to", "qwen3_5", "--out", str(tmp_path / "out3")]) == 2
     assert "--mixer native_gdn" in capsys.readouterr().err
+
+
+def test_engines_bench_runs_liger_and_the_export_alike(tmp_path, capsys):
+    """bench/engines.py's liger and transformers runs: same greedy tokens, a decode time per context."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("engines", Path(__file__).parents[1] / "bench" / "engines.py")
+    engines = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(engines)
+    model = native_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    export(model, "qwen3_5", tmp_path / "n")
+    (tmp_path / "ids.json").write_text(json.dumps({"prompt_ids": ids(1, 12)[0].tolist(),
+                                                   "contexts": {"24": ids(1, 24, seed=4)[0].tolist()}}))
+    out = str(tmp_path / "r.jsonl")
+    engines.main(["liger", "--model", str(tmp_path / "m"), "--ids", str(tmp_path / "ids.json"), "--out", out,
+                  "--tokens", "6", "--steps", "2", "--threads", "1"])
+    engines.main(["hf", "--model", str(tmp_path / "n"), "--ids", str(tmp_path / "ids.json"), "--out", out,
+                  "--tokens", "6", "--steps", "2", "--threads", "1"])
+    capsys.readouterr()
+    engines.main(["table", out])
+    table = capsys.readouterr().out
+    assert table.count("| 6/6 |") == 2 and "Qwen3_5ForCausalLM" not in table  # rows: liger, transformers
+    rows = [json.loads(line) for line in open(out)]
+    assert rows[1]["class"] == "Qwen3_5ForCausalLM" and all(r["decode_ms"]["24"] > 0 for r in rows)

@@ -9,7 +9,7 @@ environment: it pins another transformers), appending one JSON line to --out; `t
     python bench/engines.py vllm --model NATIVE --ids ids.json --out results.jsonl     # greedy tokens only (bf16)
     python bench/engines.py table results.jsonl
 
-`ids` writes the prompt's token ids (the chat template applied, as `liger generate` does) and, per context
+`ids` writes the prompt's token ids (the chat template applied, as `liger generate` does, unless --raw) and, per context
 length N, the first N tokens of the out-of-domain long document (liger.data.ood): every engine reads the same
 ids, so no tokenizer difference enters. Greedy: --tokens new tokens from the prompt, EOS ignored. Decode speed:
 prefill the N context tokens, then --steps single-token steps feeding the greedy token; the median step, in
@@ -44,8 +44,12 @@ def cmd_ids(a: argparse.Namespace) -> None:
     from liger.models import load_model
 
     _, tok = load_model(a.model, require_liger=True)
-    text = tok.apply_chat_template([{"role": "user", "content": a.prompt}], tokenize=False, add_generation_prompt=True)
-    prompt = tok(text, add_special_tokens=False).input_ids
+    if a.raw:
+        prompt = tok(a.prompt).input_ids
+    else:
+        text = tok.apply_chat_template([{"role": "user", "content": a.prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+        prompt = tok(text, add_special_tokens=False).input_ids
     contexts = [int(n) for n in a.contexts.split(",")]
     doc = ood_long_document(tok, max(contexts))[0].tolist()
     Path(a.out).write_text(json.dumps({"prompt": a.prompt, "prompt_ids": prompt,
@@ -156,10 +160,13 @@ def cmd_table(a: argparse.Namespace) -> None:
     contexts = list(ref.get("decode_ms", {}))
     print("| engine | model | same greedy tokens as liger | " + " | ".join(f"decode ms at {n}" for n in contexts) + " |")
     print("|---|---|---|" + "---:|" * len(contexts))
+    other = [o for o in (a.other or "").split(",") if o]
     for r in rows:
         same = sum(x == y for x, y in zip(r["gen_ids"], ref["gen_ids"]))
         first = next((i for i, (x, y) in enumerate(zip(r["gen_ids"], ref["gen_ids"])) if x != y), None)
         agree = f"{same}/{len(ref['gen_ids'])}" + ("" if first is None else f" (first differs at {first})")
+        if any(o in r["model"] for o in other):
+            agree = "(another model)"
         ms = [str(r.get("decode_ms", {}).get(n, "")) for n in contexts]
         print(f"| {r['engine']} | {Path(r['model']).name} | {agree} | " + " | ".join(ms) + " |")
 
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
     s.add_argument("--contexts", default="512,2048")
+    s.add_argument("--raw", action="store_true", help="the prompt as is, without the chat template")
     s.set_defaults(func=cmd_ids)
     for name, func in (("liger", cmd_liger), ("hf", cmd_hf), ("llamacpp", cmd_llamacpp), ("vllm", cmd_vllm)):
         s = sub.add_parser(name)
@@ -189,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         s.set_defaults(func=func)
     s = sub.add_parser("table")
     s.add_argument("results", nargs="+")
+    s.add_argument("--other", help="comma-separated parts of the model paths of rows that run another model (the "
+                   "teacher): their greedy tokens are not compared")
     s.set_defaults(func=cmd_table)
     a = p.parse_args(argv)
     a.func(a)

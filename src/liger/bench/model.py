@@ -26,6 +26,8 @@ from ..arch import decoder_layers
 from ..errors import ConfigError
 from ..evaluate.efficiency import measure
 from ..runinfo import header
+from ..teacher import teacher_gguf
+from .peer import PEER, llama_cpp_rows, peer_markdown, peer_unavailable
 from .common import (bar_plot, header_markdown, line_plot, load_pair, log, markdown_table, target_row,
                      targets_markdown, write_results)
 
@@ -83,6 +85,7 @@ class ModelOptions:
     skip_beyond_limit: bool = False  # skip the original beyond its max_position_embeddings
     quick: bool = False
     tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
+    peer: str | None = None  # "llama.cpp": also time the teacher's GGUF in llama.cpp (liger.bench.peer)
 
 
 def run(opts: ModelOptions, out: str | Path, command: str | None = None) -> dict:
@@ -114,11 +117,32 @@ def run(opts: ModelOptions, out: str | Path, command: str | None = None) -> dict
         non_attention += [{"model": name, "batch": B, "decode_ms": ms[name]} for name in ms]
     payload = {**head, "models": what, "position_limit": limit, "decode_tokens": decode_tokens,
                "max_prefill_tokens": opts.max_prefill_tokens, "rows": rows, "non_attention": non_attention}
+    if opts.peer:
+        payload["peer"] = run_peer(opts, contexts, decode_tokens, original.config.get_text_config().vocab_size)
     payload["targets"] = model_targets(payload)
     out = Path(out)
     write_results(out, "results", payload, model_markdown(payload))
     model_plots(payload, out)
     return payload
+
+
+def run_peer(opts: ModelOptions, contexts: tuple[int, ...], steps: int, vocab: int) -> dict:
+    """The peer's section of the results: its rows, or why it was skipped (logged too)."""
+    if opts.peer != PEER:
+        raise ConfigError(f"unknown peer {opts.peer!r}; the benchmark knows: {PEER}")
+    skipped = ("the peer runs the bundled teacher's GGUF, which --tiny-model does not have" if opts.tiny_model
+               else peer_unavailable())
+    if skipped:
+        log(f"peer {PEER}: {skipped}")
+        return {"name": PEER, "skipped": skipped}
+    import llama_cpp
+
+    gguf = teacher_gguf()
+    threads = torch.get_num_threads()
+    rows = llama_cpp_rows(gguf, contexts, steps, threads, vocab,
+                          on_result=lambda r: log(f"peer {PEER} L={r['context']}: prefill {r['prefill_s']:.2f} s, "
+                                                  f"decode {r['decode_ms']:.1f} ms/step"))
+    return {"name": PEER, "gguf": str(gguf), "version": llama_cpp.__version__, "threads": threads, "rows": rows}
 
 
 def _get(rows: list[dict], model: str, context: int, batch: int, key: str):
@@ -154,6 +178,12 @@ def model_targets(p: dict) -> list[dict]:
     for L in sorted({r["context"] for r in rows if r["context"] >= 4096}):
         t.append(target_row(f"prefill faster than the original at {L:,} tokens (batch 1): original / linearized",
                             ratio("prefill_s", ("original", L, 1), ("linearized", L, 1)), 1.0))
+    peer = p.get("peer") or {}
+    for r in peer.get("rows", []):
+        need, what = (1.0, "faster than") if r["context"] >= 8192 else (0.5, "within 2x of")
+        t.append(target_row(f"decode {what} {PEER} running the teacher's GGUF at {r['context']:,} context (batch 1): "
+                            f"{PEER} / linearized", _ratio(r["decode_ms"], _get(rows, "linearized", r["context"], 1,
+                                                                                 "decode_ms")), need))
     na = {(r["model"], r["batch"]): r["decode_ms"] for r in p["non_attention"]}
     for B in sorted({r["batch"] for r in p["non_attention"]}):
         t.append(target_row(f"non-attention part of the decode step no slower than the original's (batch {B}): "
@@ -180,7 +210,8 @@ def model_markdown(p: dict) -> str:
                          ["model", "context", "batch", "cache", "prefill s", "prefill tokens/s", "decode ms/step",
                           "cache MiB", "peak extra MiB", "peak RSS MiB"]), "",
           "## Decode step without attention (attention modules stubbed to zeros)\n",
-          markdown_table(p["non_attention"], ["model", "batch", "decode_ms"], ["model", "batch", "ms/step"]), ""]
+          markdown_table(p["non_attention"], ["model", "batch", "decode_ms"], ["model", "batch", "ms/step"]), "",
+          peer_markdown(p.get("peer"))]
     return "\n".join(md)
 
 
@@ -200,6 +231,9 @@ def model_plots(p: dict, out: Path) -> list[Path]:
                 if sel and any(r.get(key) is not None for r in sel):
                     series[f"{model}, batch {B}"] = ([r["context"] for r in sel],
                                                      [None if r.get(key) is None else r[key] * scale for r in sel])
+        peer_rows = (p.get("peer") or {}).get("rows", [])
+        if peer_rows and key in ("decode_ms", "prefill_s"):
+            series[f"{PEER} (teacher GGUF), batch 1"] = ([r["context"] for r in peer_rows], [r[key] for r in peer_rows])
         files.append(line_plot(out / fname, series, title, "context (tokens)", ylabel))
     na = p["non_attention"]
     batches = sorted({r["batch"] for r in na})

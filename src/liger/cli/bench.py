@@ -75,6 +75,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-beyond-limit", action="store_true",
                    help="skip the original model beyond its max_position_embeddings (default: run it, RoPE "
                    "extrapolating)")
+    g.add_argument("--peer", choices=["llama.cpp"], default=None,
+                   help="also time the teacher's GGUF (the bundled Q4_1 file) in llama.cpp at the same contexts, "
+                   "batch 1, and compare decode with it (needs llama-cpp-python; skipped with a message without)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

@@ -146,3 +146,19 @@ def test_distill_stage_lowers_the_kl_and_can_mix_cross_entropy():
 def test_recipe_options_are_checked(opts, match):
     with pytest.raises(liger.ConfigError, match=match):
         build_stages("staged", ARCHITECTURES["llama"], None, opts)
+
+
+def test_default_recipe_follows_the_mixer():
+    """native_gdn's output gate starts closed: its default recipe is staged (alignment first), from the Python
+    API and the command line alike; a recipe given explicitly stays."""
+    from liger.cli import build_parser
+    from liger.cli.linearize import options_from_args
+    from liger.train.job import JobOptions
+
+    assert JobOptions().recipe == "liger"
+    assert JobOptions(liger=liger.LigerConfig(mixer="native_gdn")).recipe == "staged"
+    assert JobOptions(recipe="liger", liger=liger.LigerConfig(mixer="native_gdn")).recipe == "liger"
+    parse = build_parser().parse_args
+    assert options_from_args(parse(["linearize", "--mixer", "native_gdn"])).recipe == "staged"
+    assert options_from_args(parse(["linearize"])).recipe == "liger"
+    assert options_from_args(parse(["linearize", "--mixer", "native_gdn", "--recipe", "distill"])).recipe == "distill"

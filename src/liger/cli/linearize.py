@@ -10,8 +10,8 @@ from ..errors import ConfigError
 from ..memory_estimate import ModelShape, check_fits, forward_bytes, inference_weights, job_device, training_bytes
 from ..models import read_config
 from ..teacher import BUNDLED
-from ..train.job import (DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, JobOptions, long_document_tokens, run_linearize,
-                         summary_line)
+from ..train.job import (DEFAULT_MAX_MINUTES, DEFAULT_MAX_TOKENS, DEFAULT_RECIPE, JobOptions, long_document_tokens,
+                         run_linearize, summary_line)
 from ..train.loop import PRECISIONS, SCHEDULES, TrainConfig
 from ..mixers.attention import ALIGNMENT_METRICS
 from ..train.tracking import CHOICES as TRACKERS, parse_report_to
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="liger: LoRA on q/k/v, cross-entropy; lolcats: attention transfer of the feature maps, then "
                    "LoRA on q/k/v/o; align: each layer's output fit to the teacher's attention (LoRA on q/k/v "
                    "and the mixer's parameters); distill: KL to the teacher; staged: align, then distill "
-                   f"(default {JobOptions.recipe}; staged for --mixer native_gdn, whose output gate starts closed)")
+                   f"(default {DEFAULT_RECIPE}; staged for --mixer native_gdn, whose output gate starts closed)")
     add_liger_config_args(p)
     _add_data_args(p)
     _add_training_args(p)
@@ -150,7 +150,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     name = BUNDLED if args.model == BUNDLED else args.model.rstrip("/").split("/")[-1]
     return JobOptions(
         model=args.model, out=args.out or f"runs/liger-{name}",
-        recipe=args.recipe or ("staged" if liger.mixer == "native_gdn" else JobOptions.recipe),
+        recipe=args.recipe,
         liger=liger, softmax_auto=softmax_auto, softmax_select=args.softmax_select, data=args.data,
         seq_len=args.seq_len, eval_blocks=args.eval_blocks,
         distill_weight=distill_weight if args.distill == "kl" else 0.0, lr=args.lr,

@@ -205,23 +205,27 @@ def qwen3_5_state_dict(model: nn.Module, qk_scale: dict[int, tuple[float, float]
                              f"(exact up to {window} tokens)")
     n = len(decoder_layers(model))
     if len(_layer_types(model)) > n:  # the identity full-attention layer: every weight 0 (norms: 1 + 0)
-        for key in [k for k in sd if k.startswith("model.layers.0.") and "linear_attn" not in k]:
-            sd[key.replace("model.layers.0.", f"model.layers.{n}.")] = torch.zeros_like(sd[key])
-        Hq, Hk, D = cfg.num_attention_heads, cfg.num_key_value_heads, decoder_layers(model)[0].self_attn.head_dim
-        zeros = base.embed_tokens.weight.new_zeros
-        p = f"model.layers.{n}.self_attn."
-        sd[p + "q_proj.weight"], sd[p + "o_proj.weight"] = zeros(2 * Hq * D, cfg.hidden_size), zeros(cfg.hidden_size, Hq * D)
-        sd[p + "k_proj.weight"] = sd[p + "v_proj.weight"] = zeros(Hk * D, cfg.hidden_size)
-        sd[p + "q_norm.weight"] = sd[p + "k_norm.weight"] = zeros(D)
+        sd.update(_identity_layer(n, cfg, decoder_layers(model)[0].self_attn.head_dim,
+                                  base.embed_tokens.weight.new_zeros))
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}, notes
+
+
+def _identity_layer(i: int, cfg, D: int, zeros) -> dict[str, Tensor]:
+    """Layer `i` as a full-attention layer whose every weight is 0: it adds 0 to the residual stream."""
+    H, Hq, Hk, I = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    shapes = {"input_layernorm": (H,), "post_attention_layernorm": (H,),
+              "mlp.gate_proj": (I, H), "mlp.up_proj": (I, H), "mlp.down_proj": (H, I),
+              "self_attn.q_proj": (2 * Hq * D, H), "self_attn.k_proj": (Hk * D, H), "self_attn.v_proj": (Hk * D, H),
+              "self_attn.o_proj": (H, Hq * D), "self_attn.q_norm": (D,), "self_attn.k_norm": (D,)}
+    return {f"model.layers.{i}.{name}.weight": zeros(shape) for name, shape in shapes.items()}
 
 
 def to_qwen3_5(model: nn.Module, check_ids: Tensor | None = None) -> tuple[nn.Module, list[str]]:
     """(transformers' Qwen3_5ForCausalLM holding `model`'s weights in `model`'s dtype, notes on inexact parts);
-    `check_ids` [B, T] calibrate the q/k norms of a host without them (`qk_rms`)."""
+    `check_ids` [B, T] calibrate the q/k norms of a host without them (`qk_rms`). `model` has passed
+    `check_exportable` (as `export` does first)."""
     from transformers import Qwen3_5ForCausalLM
 
-    check_exportable(model, "qwen3_5")
     model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # unmerged LoRA adapters
     config = qwen3_5_config(model)
     dtype = next(model.parameters()).dtype

@@ -102,37 +102,19 @@ def cmd_hf(a: argparse.Namespace) -> None:
 
 
 def cmd_llamacpp(a: argparse.Namespace) -> None:
-    import llama_cpp
-    import numpy as np
+    import importlib.util
 
+    import llama_cpp
+
+    # liger's llama.cpp runner, loaded from its file: this venv has llama_cpp and numpy, not liger's dependencies
+    spec = importlib.util.spec_from_file_location("liger_peer", Path(__file__).parents[1] / "src/liger/bench/peer.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
     ids = read_ids(a.ids)
     n_ctx = max(len(c) for c in ids["contexts"].values()) + a.steps + a.tokens + len(ids["prompt_ids"]) + 16
-    kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if a.kv_f32 else {}
-    llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=n_ctx, n_batch=512, n_threads=a.threads,
-                          n_threads_batch=a.threads, verbose=False, **kv)
-    ctx, vocab = llm._ctx.ctx, llm.n_vocab()
-
-    def decode(tokens: list[int]):
-        for i in range(0, len(tokens), 512):  # the prefill in batches of n_batch tokens
-            part = tokens[i : i + 512]
-            arr = (llama_cpp.llama_token * len(part))(*part)
-            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(part))) != 0:
-                raise RuntimeError("llama_decode failed")
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(vocab,))
-
-    def run(prefix: list[int], n: int) -> tuple[list[int], list[float]]:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        logits, gen, times = decode(prefix), [], []
-        for _ in range(n):
-            t = int(np.argmax(logits))
-            gen.append(t)
-            t0 = time.perf_counter()
-            logits = decode([t])
-            times.append((time.perf_counter() - t0) * 1e3)
-        return gen, times
-
-    gen, _ = run(ids["prompt_ids"], a.tokens)
-    decode_ms = {n: round(statistics.median(run(c, a.steps)[1]), 2) for n, c in ids["contexts"].items()}
+    runner = peer.LlamaCpp(a.gguf, n_ctx, a.threads, kv_f32=a.kv_f32)
+    gen = runner.greedy(ids["prompt_ids"], a.tokens)[0]
+    decode_ms = {n: round(statistics.median(runner.greedy(c, a.steps)[1]), 2) for n, c in ids["contexts"].items()}
     append(a.out, {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "gen_ids": gen,
                    "decode_ms": decode_ms, "threads": a.threads, "model": a.gguf,
                    "kv_cache": "f32" if a.kv_f32 else "f16"})

@@ -26,36 +26,59 @@ def peer_unavailable() -> str | None:
     return None
 
 
+class LlamaCpp:
+    """A GGUF file in llama.cpp through llama-cpp-python's low-level API, for greedy decoding with per-step
+    timing. Needs only llama_cpp and numpy (bench/engines.py loads this file outside liger's environment)."""
+
+    def __init__(self, gguf: str | Path, n_ctx: int, threads: int, kv_f32: bool = False) -> None:
+        import llama_cpp
+
+        kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
+        self.gguf, self.api = gguf, llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False, **kv)
+        self.ctx, self.n_vocab = self.llm._ctx.ctx, self.llm.n_vocab()
+
+    def decode(self, tokens: list[int]):
+        """Feed `tokens` (in batches of n_batch = 512); the logits after the last one."""
+        import numpy as np
+
+        api = self.api
+        for i in range(0, len(tokens), 512):
+            part = tokens[i : i + 512]
+            arr = (api.llama_token * len(part))(*part)
+            if api.llama_decode(self.ctx, api.llama_batch_get_one(arr, len(part))) != 0:
+                raise RuntimeError(f"llama.cpp could not decode {len(part)} tokens of {self.gguf}")
+        return np.ctypeslib.as_array(api.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+
+    def greedy(self, prefix: list[int], n: int) -> tuple[list[int], list[float], float]:
+        """From an empty cache: prefill `prefix`, then `n` single-token steps each feeding the argmax; (the n
+        tokens, each step's ms, the prefill's seconds)."""
+        import numpy as np
+
+        self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
+        t0 = time.perf_counter()
+        logits = self.decode(prefix)
+        prefill = time.perf_counter() - t0
+        gen, times = [], []
+        for _ in range(n):
+            gen.append(int(np.argmax(logits)))
+            t0 = time.perf_counter()
+            logits = self.decode(gen[-1:])
+            times.append((time.perf_counter() - t0) * 1e3)
+        return gen, times, prefill
+
+
 def llama_cpp_rows(gguf: Path, contexts: tuple[int, ...], steps: int, threads: int, vocab: int,
                    on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """One row per context: {model, context, batch 1, prefill_s, decode_ms} for llama.cpp running `gguf`."""
-    import llama_cpp
     import numpy as np
 
     rng = np.random.default_rng(0)
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(contexts) + steps + 8, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
-    ctx, n_vocab = llm._ctx.ctx, llm.n_vocab()
-
-    def decode(tokens: list[int]):
-        for i in range(0, len(tokens), 512):  # in batches of n_batch tokens
-            part = tokens[i : i + 512]
-            arr = (llama_cpp.llama_token * len(part))(*part)
-            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(part))) != 0:
-                raise RuntimeError(f"llama.cpp could not decode {len(part)} tokens of {gguf}")
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-
+    runner = LlamaCpp(gguf, max(contexts) + steps + 8, threads)
     rows = []
     for L in contexts:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        t0 = time.perf_counter()
-        logits = decode(rng.integers(0, vocab, L).tolist())
-        prefill = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            logits = decode([int(np.argmax(logits))])
-            times.append((time.perf_counter() - t0) * 1e3)
+        _, times, prefill = runner.greedy(rng.integers(0, vocab, L).tolist(), steps)
         row = {"model": PEER, "context": L, "batch": 1, "prefill_s": prefill, "prefill_tokens_per_s": L / prefill,
                "decode_ms": statistics.median(times)}
         rows.append(row)

@@ -264,3 +264,16 @@ def test_cli_sparse_cache_override_and_recall_cache_size(folders, tmp_path, monk
     row = next(r for r in sparse["summary"] if r["metric"].startswith("cache MiB at"))
     assert "recall prompts" in row["metric"]
     assert (tmp_path / "sparse" / "eval.md").read_text().count("cache MiB at") >= 1
+
+
+def test_cli_weights_quantize_the_student_only(folders, tmp_path, monkeypatch):
+    """`liger eval --weights int8` measures the int8 student against the float32 teacher: close to the float32
+    student's numbers, not equal, and recorded in the options."""
+    monkeypatch.chdir(REPO)
+    for name, extra in (("f32", ()), ("int8", ("--weights", "int8"))):
+        assert main(_eval_args(folders, tmp_path / name, "--sections", "lm", *extra)) == 0
+    f32, int8 = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("f32", "int8"))
+    assert int8["options"]["weights"] == "int8" and f32["options"]["weights"] == "float32"
+    a, b = f32["sections"]["lm"], int8["sections"]["lm"]
+    assert a["teacher"] == b["teacher"]  # the reference is untouched
+    assert a["kl"] != b["kl"] and abs(a["kl"] - b["kl"]) < 0.05 * a["kl"] + 1e-3

@@ -18,6 +18,7 @@ import torch
 import transformers
 
 from ..plotting import pyplot, save_figure
+from ..quantize import check_format, quantize_weights
 from ..surgery import linearize
 from ..teacher import load_teacher
 
@@ -152,11 +153,15 @@ def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positio
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-def load_pair(tiny: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """(original, linearized, description): the bundled teacher (float32) and a second copy linearized with
-    `liger.linearize`'s default LigerConfig; `tiny`: the same for `tiny_causal_lm`."""
+def load_pair(tiny: bool = False, weights: str = "float32") -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(original, linearized, description): the bundled teacher and a second copy linearized with
+    `liger.linearize`'s default LigerConfig, both with `weights` (liger.quantize; float32 by default);
+    `tiny`: the same for `tiny_causal_lm`."""
+    check_format(weights)
     if tiny:
-        return tiny_causal_lm(), linearize(tiny_causal_lm()), "tiny random Llama (2 layers, hidden 64)"
-    original = load_teacher()[0]
-    linearized = linearize(load_teacher()[0])
-    return original, linearized, "bundled SmolLM2-135M-Instruct (float32), linearized with the default LigerConfig"
+        original, linearized, what = tiny_causal_lm(), linearize(tiny_causal_lm()), "tiny random Llama (2 layers, hidden 64)"
+    else:
+        original, linearized = load_teacher()[0], linearize(load_teacher()[0])
+        what = "bundled SmolLM2-135M-Instruct, linearized with the default LigerConfig"
+    return (quantize_weights(original, weights), quantize_weights(linearized, weights),
+            f"{what}; weights {weights} in both")

@@ -1,5 +1,5 @@
 """Decode profile: where one single-token decode step of the original and of the linearized bundled teacher
-spends its time, at one context length (default 8,192) and batch sizes 1 and 8 (float32, no gradient).
+spends its time, at one context length (default 8,192) and batch sizes 1 and 8 (float32 unless --weights says otherwise, no gradient).
 
 Each model decodes from `liger.evaluate.efficiency.synthetic_cache` (the shapes a prefill of the context
 would leave) under `torch.profiler` (CPU). Forward hooks mark each part of the step with a
@@ -101,6 +101,7 @@ class ProfileOptions:
     steps: int = 8  # profiled decode steps
     quick: bool = False
     tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
+    weights: str = "float32"  # both models' weight format (liger.quantize)
 
 
 def run(opts: ProfileOptions, out: str | Path, command: str | None = None) -> dict:
@@ -108,7 +109,7 @@ def run(opts: ProfileOptions, out: str | Path, command: str | None = None) -> di
     context = opts.context or (QUICK_CONTEXT if opts.quick else FULL_CONTEXT)
     batches = opts.profile_batch_sizes or (QUICK_BATCHES if opts.quick else FULL_BATCHES)
     head = header(command)
-    original, linearized, what = load_pair(opts.tiny_model)
+    original, linearized, what = load_pair(opts.tiny_model, opts.weights)
     rows = []
     for B in batches:
         for name, model in (("original", original), ("linearized", linearized)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluate.runner import DEFAULT_SECTIONS, QUICK, SECTIONS, EvalOptions, run_eval
-from .flags import COUNT, NON_NEGATIVE, SEED, comma_list, explicit_command, floats, ints, listed, number
+from .flags import COUNT, NON_NEGATIVE, SEED, add_weights_flag, comma_list, explicit_command, floats, ints, listed, number
 
 DESCRIPTION = """\
 Compare a liger checkpoint with its teacher on the same inputs and write eval.json, eval.md and PNG plots to
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     number(p, "--sparse-cache", bounds=NON_NEGATIVE, default=None, metavar="M",
            help="measure the checkpoint with a sparse cache of M tokens per layer and key head (0: off), without "
            "retraining (default: as saved); see `liger linearize --sparse-cache`")
+    add_weights_flag(p, "the linearized model (the teacher stays float32, the reference)")
     p.set_defaults(func=cmd_eval, parser=p)
 
 
@@ -96,6 +97,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     kw = dict(model=args.model, teacher=args.teacher, out=args.out, sections=sections, tasks=tasks,
               lm_eval_limit=args.lm_eval_limit, data=args.data, batch_size=args.batch_size, seed=args.seed,
               progress=not args.quiet, command=explicit_command(args.parser, args, ["liger", "eval"]))
+    kw["weights"] = args.weights
     for name, value in [("sparse_cache", args.sparse_cache), ("seq_len", args.seq_len), ("blocks", args.blocks), ("items", args.items),
                         ("decode_tokens", args.decode_tokens), ("passkey_samples", args.passkey_samples),
                         ("ood_blocks", args.ood_blocks), ("long_tokens", args.long_tokens)]:

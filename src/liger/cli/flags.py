@@ -16,6 +16,7 @@ from ..config import DEFAULT_WINDOW, MIXERS, LigerConfig
 from ..errors import ConfigError
 from ..layer_scores import DEFAULT_SELECT, KL_BLOCKS, SCORE_BLOCKS, SCORE_SEQ_LEN, SELECT_RULES, parse_auto
 from ..models import max_positions
+from ..quantize import WEIGHT_FORMATS
 
 T = TypeVar("T")
 
@@ -226,3 +227,11 @@ def explicit_command(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         flag = action.option_strings[-1]
         parts += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def add_weights_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """`--weights {float32,bf16,int8,int4}`: the weight format of `what` (liger.quantize)."""
+    p.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
+                   help=f"weight format of {what} (default float32): bf16, or weight-only int8 (one scale per "
+                   "output channel) or int4 (groups of 32, CPU only) through PyTorch's quantized matmuls; smaller "
+                   "weights make batch-1 decoding faster (see docs/PERFORMANCE.md)")

@@ -23,6 +23,7 @@ from ..data.ood import OOD_DESCRIPTION, ood_eval_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..cache import cache_footprint
 from ..models import check_logits, load_model, max_positions, read_config
+from ..quantize import check_format, quantize_weights
 from ..surgery import reconfigure
 from . import plots
 from .efficiency import measure
@@ -71,6 +72,7 @@ class EvalOptions:
     progress: bool = True
     command: str | None = None  # recorded in the report; default: sys.argv
     sparse_cache: int | None = None  # set the checkpoint's sparse-cache budget before measuring (None: as saved)
+    weights: str = "float32"  # the student's weight format (liger.quantize); the teacher stays float32
     # Lengths the user gave explicitly ("recall_lengths", "eff_lengths", "long_tokens"): beyond the model's limit
     # they are an error; defaults are capped.
     explicit_lengths: tuple[str, ...] = ()
@@ -106,6 +108,7 @@ def check_options(opts: EvalOptions, limit: int | None) -> EvalOptions:
     bad = [s for s in opts.sections if s not in SECTIONS]
     if bad or not opts.sections:
         raise ConfigError(f"unknown section(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(SECTIONS)}")
+    check_format(opts.weights)
     if "lm_eval" in opts.sections and not opts.tasks:
         raise ConfigError("the lm_eval section needs --tasks (e.g. --tasks piqa,arc_easy or a task YAML path)")
     if opts.tasks and "lm_eval" not in opts.sections:
@@ -215,7 +218,7 @@ def _load(opts: EvalOptions):
     student, tok = load_model(opts.model, require_liger=True, finite=True)
     if opts.sparse_cache is not None:  # training-free: the same weights with another sparse-cache budget
         reconfigure(student, sparse_cache=opts.sparse_cache)
-    student = student.float().eval()
+    student = quantize_weights(student.float().eval(), opts.weights)
     teacher_spec = opts.teacher or recorded_teacher(opts.model, student) or "bundled"
     limit = getattr(student.config.get_text_config(), "max_position_embeddings", None)
     check_options(opts, limit)

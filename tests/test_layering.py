@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("liger.mixers",),
     ("liger.surgery", "liger.checkpoint", "liger.hf_auto", "liger.teacher", "liger.models",
      "liger.distributed.sequence", "liger.distributed.softmax_layers", "liger.distributed.sharding", "liger.data",
-     "liger.layer_scores", "liger.layer_selection", "liger.export"),
+     "liger.layer_scores", "liger.layer_selection", "liger.export", "liger.quantize"),
     ("liger.train", "liger.evaluate", "liger.bench"),
     ("liger.cli",),
     ("liger",),

@@ -107,9 +107,17 @@ def test_bench_model_runs_both_models_with_the_weights(tmp_path):
 
     from liger.cli import main
 
+    from liger.ops import fused_decode
+
     out = tmp_path / "model"
-    assert main(["bench", "model", "--out", str(out), "--quick", "--tiny-model", "--contexts", "16",
-                 "--batch-sizes", "1", "--decode-tokens", "2", "--weights", "int8"]) == 0
+    try:
+        assert main(["bench", "model", "--out", str(out), "--quick", "--tiny-model", "--contexts", "16",
+                     "--batch-sizes", "1", "--decode-tokens", "2", "--weights", "int8", "--fused-decode"]) == 0
+        assert fused_decode.is_enabled()
+    finally:
+        fused_decode.set_enabled(None)
     payload = json.loads((out / "results.json").read_text())
     assert payload["weights"] == "int8" and "weights int8 in both" in payload["models"]
+    reason = fused_decode.fused_decode_unavailable()
+    assert ("fused decode step: on" in payload["models"]) == (reason is None)
     assert {r["model"] for r in payload["rows"]} == {"original", "linearized"}

@@ -76,7 +76,11 @@ class LigerLayerCache(CacheLayerMixin):
         rk[:, p] = k
         rv[:, p] = v
         rvalid[:, p] = valid
-        self.ring_pos = (p + 1) % rk.shape[1]
+        self.advance_ring()
+
+    def advance_ring(self) -> None:
+        """The oldest slot now holds the newest token (`push_window`, or a fused step that wrote it in place)."""
+        self.ring_pos = (self.ring_pos + 1) % self.ring[0].shape[1]
 
     def writable_in_place(self) -> bool:
         """Whether a decode step may write the state in place: not an inference tensor outside inference mode."""

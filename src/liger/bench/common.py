@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from ..ops import fused_decode
 from ..plotting import pyplot, save_figure
 from ..quantize import check_format, quantize_weights
 from ..surgery import linearize
@@ -151,6 +152,18 @@ def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positio
                                    head_dim=16, max_position_embeddings=max_positions, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def fused_decode_note(on: bool) -> str:
+    """Switch the fused decode step (liger.ops.fused_decode) on or off for this process, as the benchmark's
+    --fused-decode says; the note for the models' description ("" when off)."""
+    fused_decode.set_enabled(on)
+    if not on:
+        return ""
+    reason = fused_decode.fused_decode_unavailable()
+    if reason:
+        log(f"--fused-decode: {reason}; decoding eagerly")
+    return f"; fused decode step: {'unavailable (' + reason + '), eager' if reason else 'on'}"
 
 
 def load_pair(tiny: bool = False, weights: str = "float32") -> tuple[torch.nn.Module, torch.nn.Module, str]:

@@ -28,8 +28,8 @@ from ..evaluate.efficiency import measure
 from ..runinfo import header
 from ..teacher import teacher_gguf
 from .peer import PEER, llama_cpp_rows, peer_markdown, peer_unavailable
-from .common import (bar_plot, header_markdown, line_plot, load_pair, log, markdown_table, target_row,
-                     targets_markdown, write_results)
+from .common import (bar_plot, fused_decode_note, header_markdown, line_plot, load_pair, log, markdown_table,
+                     target_row, targets_markdown, write_results)
 
 FULL_CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_CONTEXTS = (512, 2048)
@@ -87,6 +87,7 @@ class ModelOptions:
     tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
     peer: str | None = None  # "llama.cpp": also time the teacher's GGUF in llama.cpp (liger.bench.peer)
     weights: str = "float32"  # both models' weight format (liger.quantize)
+    fused_decode: bool = False  # the linear layers' decode step as one compiled graph (liger.ops.fused_decode)
 
 
 def run(opts: ModelOptions, out: str | Path, command: str | None = None) -> dict:
@@ -100,6 +101,7 @@ def run(opts: ModelOptions, out: str | Path, command: str | None = None) -> dict
         raise ConfigError("--decode-tokens must be >= 1")
     head = header(command)
     original, linearized, what = load_pair(opts.tiny_model, opts.weights)
+    what += fused_decode_note(opts.fused_decode)
     limit = original.config.get_text_config().max_position_embeddings
     models = {"original": original, "linearized": linearized}
 

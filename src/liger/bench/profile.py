@@ -27,7 +27,8 @@ from ..cache import CACHE_KWARG, output_cache
 from ..errors import ConfigError
 from ..evaluate.efficiency import synthetic_cache
 from ..runinfo import header
-from .common import header_markdown, load_pair, log, markdown_table, target_row, targets_markdown, write_results
+from .common import (fused_decode_note, header_markdown, load_pair, log, markdown_table, target_row,
+                     targets_markdown, write_results)
 
 PARTS = ("attention", "mlp", "lm_head")
 FULL_CONTEXT = 8192
@@ -102,6 +103,7 @@ class ProfileOptions:
     quick: bool = False
     tiny_model: bool = False  # a tiny random Llama instead of the bundled teacher (tests)
     weights: str = "float32"  # both models' weight format (liger.quantize)
+    fused_decode: bool = False  # the linear layers' decode step as one compiled graph (liger.ops.fused_decode)
 
 
 def run(opts: ProfileOptions, out: str | Path, command: str | None = None) -> dict:
@@ -110,6 +112,7 @@ def run(opts: ProfileOptions, out: str | Path, command: str | None = None) -> di
     batches = opts.profile_batch_sizes or (QUICK_BATCHES if opts.quick else FULL_BATCHES)
     head = header(command)
     original, linearized, what = load_pair(opts.tiny_model, opts.weights)
+    what += fused_decode_note(opts.fused_decode)
     rows = []
     for B in batches:
         for name, model in (("original", original), ("linearized", linearized)):

@@ -13,7 +13,8 @@ from ..bench import model, ops, profile, train
 from ..bench.common import targets_markdown
 from ..bench.suite import run_all
 from ..errors import ConfigError
-from .flags import COUNT, NON_NEGATIVE, Parser, add_weights_flag, check_bounds, comma_list, listed, number, positive_ints
+from .flags import (COUNT, NON_NEGATIVE, Parser, add_fused_decode_flag, add_weights_flag, check_bounds, comma_list,
+                    listed, number, positive_ints)
 
 DESCRIPTION = """\
 Benchmarks, each writing results.json, results.md (tables, and the issue's targets as rows of target /
@@ -79,6 +80,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="also time the teacher's GGUF (the bundled Q4_1 file) in llama.cpp at the same contexts, "
                    "batch 1, and compare decode with it (needs llama-cpp-python; skipped with a message without)")
     add_weights_flag(g, "both models")
+    add_fused_decode_flag(g)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +105,7 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     number(g, "--steps", bounds=COUNT, default=profile.ProfileOptions.steps,
            help=f"profiled decode steps (default {profile.ProfileOptions.steps})")
     add_weights_flag(g, "both models")
+    add_fused_decode_flag(g)
 
 
 def _sizes(flag: str, text: str | None) -> tuple[int, ...] | None:

@@ -19,7 +19,8 @@ from ..layer_scores import builtin_blocks, resolve_auto, scores_markdown
 from ..models import check_logits, load_model, read_config
 from ..quantize import quantize_weights
 from ..surgery import linearize
-from .flags import (COUNT, PROBABILITY, SEED, Bounds, add_liger_config_args, add_weights_flag, check_against_model,
+from .flags import (COUNT, PROBABILITY, SEED, Bounds, add_fused_decode_flag, add_liger_config_args,
+                    add_weights_flag, apply_fused_decode, check_against_model,
                     liger_config_from_args, number)
 
 
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     p.add_argument("--any-model", action="store_true", help="also accept a plain (softmax) model, to compare")
     add_weights_flag(p, "the model")
+    add_fused_decode_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="layer kinds, parameters, cache bytes vs. the original KV cache",
@@ -124,6 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _check_generate_memory(args)
     model, tok = load_model(args.model, require_liger=not args.any_model, finite=True)
     model = quantize_weights(model, args.weights)
+    apply_fused_decode(args.fused_decode)
     if tok.chat_template and not args.raw:
         text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True)
     else:

@@ -235,3 +235,22 @@ def add_weights_flag(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"weight format of {what} (default float32): bf16, or weight-only int8 (one scale per "
                    "output channel) or int4 (groups of 32, CPU only) through PyTorch's quantized matmuls; smaller "
                    "weights make batch-1 decoding faster (see docs/PERFORMANCE.md)")
+
+
+def add_fused_decode_flag(p: argparse.ArgumentParser) -> None:
+    """`--fused-decode`: decode steps of the gated linear mixers as one compiled graph (liger.ops.fused_decode)."""
+    p.add_argument("--fused-decode", action="store_true",
+                   help="run each linear layer's single-token decode step as one torch.compile'd graph (CPU; "
+                   "compiles for a few seconds first; decodes eagerly, with a warning, without a C++ compiler)")
+
+
+def apply_fused_decode(on: bool) -> None:
+    """Switch the fused decode step on for this process if `on`, saying why when it cannot run."""
+    if not on:
+        return
+    from ..ops import fused_decode
+
+    fused_decode.set_enabled(True)
+    reason = fused_decode.fused_decode_unavailable()
+    if reason:
+        print(f"liger: --fused-decode: {reason}; decoding eagerly", file=sys.stderr)

@@ -13,7 +13,8 @@ z_t = exp(g_t) z_{t-1} + k'_t, and o_t = q'_t S_t / (q'_t z_t + eps): a weighted
 (S float32 [B, Hk, D, D + 1]).
 
 Per-channel gates run `chunk_gla`, per-head gates `chunk_simple_gla`. A single valid token of a cached
-sequence takes `decode_step`, which updates the state and the window ring in place (no allocation).
+sequence takes `decode_step`, which updates the state and the window ring in place (no allocation); with
+`liger.ops.fused_decode` switched on, as one compiled graph per step (eager when it cannot compile).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..distributed.context import current
 from ..distributed.lasp import chunk_gla_sp, chunk_simple_gla_sp
 from ..ops import (chunk_gla, chunk_simple_gla, fused_recurrent_gla, fused_recurrent_simple_gla, gla_step,
                    retention_decays, roll_window, window_step)
+from ..ops import fused_decode
 from .base import FEATURE_MAPS, Kernels, MixerCore, Rope, State
 
 Tensor = torch.Tensor
@@ -106,6 +108,15 @@ class GLACore(MixerCore):
         updated in place and the window is a ring whose oldest slot the new key overwrites. Same result as
         the general path (tests/test_bench.py). q [B, 1, Hq, D], k and v [B, 1, Hk, D] -> [B, 1, Hq, D]."""
         W = self.config.window
+        # The compiled step (liger.ops.fused_decode) when switched on. Not without a window: that step is ~10
+        # operators, and a compiled call costs as much as their dispatch.
+        if fused_decode.is_enabled() and W > 0 and cache.ring is not None and isinstance(cache.state, Tensor):
+            o = fused_decode.fused_decode_step(q, k, v, cache.state, cache.ring, cache.ring_pos, self.construct, rope,
+                                               self.mix_weights(), scale, self.config.normalize)
+            if o is not None:  # state and ring slot written in place; push_window's and decoded's bookkeeping
+                cache.advance_ring()
+                cache.decoded(cache.state)
+                return o
         B, _, Hq, D = q.shape
         qf, kf, g = (t[:, 0] for t in self.construct(q.float(), k.float()))
         if g.dim() == 2:  # one decay per head [B, Hk]: the same for every key channel

@@ -4,7 +4,12 @@ softmax attention, and its achieved GFLOP/s against a float32 matrix multiply me
 Inputs (float32, seeded): q [B, T, Hq, D], k, v [B, T, Hk, D], g [B, T, Hk, D] as in Liger-GLA (softmax
 feature maps, g = logsigmoid(.) / 16); defaults are one layer of the bundled teacher: Hq=9, Hk=3, D=64.
 
-- `chunk_gla` (liger.ops): the chunkwise-parallel op, every T in --lengths.
+- `chunk_gla` (liger.ops): the chunkwise-parallel op, every T in --lengths, as users get it: its forward
+  (no grad) runs the C++ kernel when it is available (`liger.ops.gla.native_gla`; a compiler present and
+  LIGER_NO_EXTENSIONS unset), else the PyTorch form; the row's `chunk_gla_path` says which ran
+  ("native" / "torch"). When the native forward ran, the PyTorch form's forward is timed right after it on
+  the same inputs (`chunk_gla_torch_fwd_ms`, `torch_fraction_of_matmul`). Forward+backward always runs
+  the PyTorch form (autograd).
 - `fused_recurrent_gla` (liger.ops, float32, the decode kernel) and `naive_recurrent_gla`
   (liger.ops.gla_naive, float64, the tests' reference): token by token, only at the small T of
   --ref-lengths (they are slow); nothing is extrapolated to other lengths.
@@ -25,11 +30,15 @@ half of q k^T and p v).
 
 With --compile, `torch.compile(chunk_gla)` (inductor, one compilation per T: the first call, timed apart as
 compile_s) is timed too, forward and forward+backward, to show whether compiling pays off on this machine.
+The compiled forward traces the PyTorch form (the C++ kernel is not used under torch.compile), so with the
+native path its speed-up is against the native eager forward.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +47,8 @@ import torch.nn.functional as F
 
 from ..ops import chunk_gla, fused_recurrent_gla
 from ..ops.common import chunk_len
+from ..ops.extension import ENV_OFF
+from ..ops.gla import last_chunk_gla_path
 from ..ops.gla_naive import naive_recurrent_gla
 from ..errors import ConfigError
 from ..runinfo import header
@@ -49,7 +60,7 @@ FULL_REF_LENGTHS = (512, 1024)  # where the token-by-token ops also run (they ar
 QUICK_REF_LENGTHS = (512,)
 MATMUL_SIZE = 2048
 TARGET_T = 4096
-TARGET_FRACTION = 0.25
+TARGET_FRACTION = 0.35
 
 
 def gla_inputs(B: int, T: int, H: int, K: int, V: int, seed: int = 0, Hq: int | None = None):
@@ -82,6 +93,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / timeit(lambda: torch.mm(a, b), repeats=repeats, warmup=1) / 1e9
 
 
+@contextmanager
+def _pytorch_path():
+    """Run chunk_gla's PyTorch form inside (LIGER_NO_EXTENSIONS=1), restoring the environment after."""
+    before = os.environ.get(ENV_OFF)
+    os.environ[ENV_OFF] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_OFF, None)
+        else:
+            os.environ[ENV_OFF] = before
+
+
 def _fwd_bwd(fn, inputs: list[torch.Tensor], grad: torch.Tensor):
     """A closure running fn(*inputs) and the backward of its output with `grad` (gradients reset first)."""
 
@@ -109,6 +134,10 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
     sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hq != Hk)  # noqa: E731
     with torch.no_grad():
         row["chunk_gla_fwd_ms"] = 1e3 * timeit(lambda: gla(q, k, v, g), repeats, warm, budget_s)
+        row["chunk_gla_path"] = last_chunk_gla_path()
+        if row["chunk_gla_path"] == "native":  # the PyTorch form back to back, for the comparison
+            with _pytorch_path():
+                row["chunk_gla_torch_fwd_ms"] = 1e3 * timeit(lambda: gla(q, k, v, g), repeats, warm, budget_s)
         row["sdpa_fwd_ms"] = 1e3 * timeit(lambda: sdpa(qa, ka, va), repeats, warm, budget_s)
     if backward:
         grad = torch.randn(B, T, Hq, D, generator=torch.Generator().manual_seed(1))
@@ -142,6 +171,9 @@ def bench_length(T: int, B: int, Hq: int, Hk: int, D: int, backward: bool, refer
     flops = gla_flops(B, T, Hq, Hk, D, D)
     row["chunk_gla_gflop"] = flops / 1e9
     row["chunk_gla_gflops_per_s"] = flops / (row["chunk_gla_fwd_ms"] / 1e3) / 1e9
+    if "chunk_gla_torch_fwd_ms" in row:
+        row["chunk_gla_torch_gflops_per_s"] = flops / (row["chunk_gla_torch_fwd_ms"] / 1e3) / 1e9
+        row["native_speedup_fwd"] = row["chunk_gla_torch_fwd_ms"] / row["chunk_gla_fwd_ms"]
     row["sdpa_gflops_per_s"] = attention_flops(B, T, Hq, D) / (row["sdpa_fwd_ms"] / 1e3) / 1e9
     row["speedup_vs_sdpa_fwd"] = row["sdpa_fwd_ms"] / row["chunk_gla_fwd_ms"]
     if backward:
@@ -190,8 +222,11 @@ def run(opts: OpsOptions, out: str | Path, command: str | None = None) -> dict:
         row = bench_length(T, opts.op_batch, opts.heads, opts.kv_heads, opts.head_dim, not opts.forward_only,
                            T in refs, repeats=opts.op_repeats, compiled=opts.compile)
         row["fraction_of_matmul"] = row["chunk_gla_gflops_per_s"] / mm
+        if "chunk_gla_torch_gflops_per_s" in row:
+            row["torch_fraction_of_matmul"] = row["chunk_gla_torch_gflops_per_s"] / mm
         rows.append(row)
-        log(f"ops T={T}: chunk_gla {row['chunk_gla_fwd_ms']:.1f} ms, sdpa {row['sdpa_fwd_ms']:.1f} ms")
+        log(f"ops T={T}: chunk_gla ({row['chunk_gla_path']}) {row['chunk_gla_fwd_ms']:.1f} ms, "
+            f"sdpa {row['sdpa_fwd_ms']:.1f} ms")
     at = next((r for r in rows if r["T"] == TARGET_T), None)
     targets = [target_row(f"chunk_gla forward at T={TARGET_T} reaches >= {TARGET_FRACTION:.0%} of the float32 "
                           f"matmul GFLOP/s", at and at["fraction_of_matmul"], TARGET_FRACTION)]
@@ -215,9 +250,16 @@ def ops_markdown(p: dict) -> str:
                          ["T", "chunk_gla fwd", "sdpa fwd", "speed-up fwd", "chunk_gla fwd+bwd", "sdpa fwd+bwd",
                           "speed-up fwd+bwd"]), "",
           "## Achieved GFLOP/s (chunk_gla forward, FLOPs of its matmuls; see liger.bench.ops)\n",
-          markdown_table(p["rows"], ["T", "chunk_gla_gflop", "chunk_gla_gflops_per_s", "fraction_of_matmul",
-                                     "sdpa_gflops_per_s"],
-                         ["T", "GFLOP", "chunk_gla GFLOP/s", "fraction of matmul", "sdpa GFLOP/s"]), ""]
+          markdown_table(p["rows"], ["T", "chunk_gla_path", "chunk_gla_gflop", "chunk_gla_gflops_per_s",
+                                     "fraction_of_matmul", "sdpa_gflops_per_s"],
+                         ["T", "path", "GFLOP", "chunk_gla GFLOP/s", "fraction of matmul", "sdpa GFLOP/s"]), ""]
+    native = [r for r in p["rows"] if "chunk_gla_torch_fwd_ms" in r]
+    if native:
+        md += ["## chunk_gla forward: C++ kernel vs. the PyTorch form (timed back to back)\n",
+               markdown_table(native, ["T", "chunk_gla_fwd_ms", "chunk_gla_torch_fwd_ms", "native_speedup_fwd",
+                                       "fraction_of_matmul", "torch_fraction_of_matmul"],
+                              ["T", "native fwd", "PyTorch fwd", "speed-up", "native: of matmul",
+                               "PyTorch: of matmul"]), ""]
     comp = [r for r in p["rows"] if "chunk_gla_compiled_fwd_ms" in r]
     if comp:
         md += ["## torch.compile(chunk_gla) (inductor) vs. eager\n",
@@ -248,6 +290,8 @@ def ops_plots(p: dict, out: Path) -> list[Path]:
     if "chunk_gla_fwd_bwd_ms" in rows[0]:
         series["chunk_gla fwd+bwd"] = (T, col("chunk_gla_fwd_bwd_ms"))
         series["sdpa causal fwd+bwd"] = (T, col("sdpa_fwd_bwd_ms"))
+    if any("chunk_gla_torch_fwd_ms" in r for r in rows):
+        series["chunk_gla fwd, PyTorch form"] = (T, col("chunk_gla_torch_fwd_ms"))
     series["fused_recurrent fwd"] = (T, col("fused_recurrent_fwd_ms"))
     series["float64 reference fwd"] = (T, col("reference_fwd_ms"))
     files = [line_plot(out / "ops_time.png", series, "chunk_gla vs. softmax attention and token-by-token",

@@ -26,12 +26,14 @@ Input contract (both ops, checked before anything runs, also before the CUDA dis
 - T = 0: an empty o and the initial state (float32 copy; zeros if None) as the final state.
 
 Written by hand because flash-linear-attention's kernels are Triton (CUDA only); on CUDA with that library
-installed, `liger.ops.chunk_gla` dispatches to it instead (see `liger.ops.backend`).
+installed, `liger.ops.chunk_gla` dispatches to it instead (see `liger.ops.backend`); on CPU without autograd,
+to a C++ forward of the same arithmetic when a compiler is present (see `chunk_gla`, `liger.ops.extension`).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .backend import fla_gla, use_fla
 from .common import (check_qkv, check_shape, check_values, chunk_len, chunk_view, empty_result, float32_op, from_chunks,
@@ -42,6 +44,41 @@ Tensor = torch.Tensor
 GATE_FLOOR = 21  # per-step log decay floor inside a chunk (see chunk_gla)
 MAX_SPAN = 700  # largest |exponent| kept inside a chunk; float64 overflows at 709
 FLOAT32_SPAN = 40.0  # largest |b - r| for the float32 intra-chunk matmul (float32 overflows at e^88)
+
+
+_last_path: str | None = None
+
+
+def _ran(path: str) -> None:
+    global _last_path
+    _last_path = path
+
+
+def last_chunk_gla_path() -> str | None:
+    """Which implementation the last `chunk_gla` call in this process ran (for benchmarks and tests):
+    "native" (the C++ forward), "torch" (the PyTorch form) or "fla" (flash-linear-attention, CUDA); None
+    before any call (T = 0 runs neither)."""
+    return _last_path
+
+
+def native_gla():
+    """The C++ forward of chunk_gla (liger/ops/csrc/chunk_gla.cpp, built on first use), or None: no compiler,
+    a failed build or LIGER_NO_EXTENSIONS=1 (`liger.ops.extension`)."""
+    from .extension import load_extension
+
+    return load_extension("liger_gla", ["chunk_gla.cpp"], openmp=True, required=("chunk_gla_fwd",))
+
+
+def _native_applies(q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: Tensor | None) -> bool:
+    """Whether the C++ forward may run: no gradient to record (grad mode off, or no input requiring one),
+    CPU float32 q, k, v, g (the state: any float dtype on CPU), neither torch.compile tracing nor a
+    TorchDispatchMode active (FlopCounterMode, fake tensors: they need the PyTorch form's aten ops)."""
+    xs = (q, k, v, g) if initial_state is None else (q, k, v, g, initial_state)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return False
+    if any(x.device.type != "cpu" for x in xs) or any(x.dtype != torch.float32 for x in xs[:4]):
+        return False
+    return not (torch.compiler.is_compiling() or is_in_torch_dispatch_mode())
 
 
 def check_gla_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor, initial_state: Tensor | None) -> int:
@@ -151,6 +188,10 @@ def chunk_gla(
       otherwise (one reduction decides, per call).
     Nothing is ever multiplied by exp(-cumsum(g)) over a whole sequence, so any T works.
     On CUDA with flash-linear-attention installed, its Triton kernel runs instead (liger.ops.backend).
+    On CPU with float32 q, k, v, g and no gradient to record (inference, prefill), a C++ forward runs instead
+    (liger/ops/csrc/chunk_gla.cpp: the same float32 route, fused per chunk, ~2-4x faster), built on first use;
+    this PyTorch form stays the autograd path and the fallback (no compiler, LIGER_NO_EXTENSIONS=1, a span
+    beyond FLOAT32_SPAN). `last_chunk_gla_path()` says which ran.
     """
     G = check_gla_inputs(q, k, v, g, initial_state)
     B, T, _, K = q.shape
@@ -163,10 +204,18 @@ def chunk_gla(
         return bad.poison(*chunk_gla(q, k, v, g, scale, initial_state, output_final_state, chunk_size,
                                      check_inputs=False))
     if use_fla(q):
+        _ran("fla")
         return fla_gla("chunk", q, k, v, g, scale, initial_state, output_final_state)
     Hk, V = k.shape[2], v.shape[-1]
     scale = K**-0.5 if scale is None else scale
     C = gated_chunk_len(T, chunk_size)
+    if _native_applies(q, k, v, g, initial_state) and (ext := native_gla()) is not None:
+        o, S, ok = ext.chunk_gla_fwd(*(x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, g)),
+                                     float(scale), initial_state, C, FLOAT32_SPAN, float(GATE_FLOOR))
+        if ok:  # else a within-chunk decay span beyond FLOAT32_SPAN: the float64 route below
+            _ran("native")
+            return o, (S if output_final_state else None)
+    _ran("torch")
 
     # b: the within-chunk cumulative log decay [B, Hk, N, C, K], r its value at the chunk's midpoint. In float32
     # first; when some |b - r| exceeds FLOAT32_SPAN, everything inside the chunks is redone in float64.

@@ -1,8 +1,8 @@
 """Which low-precision matmul to use for batch-1 decoding on this CPU: one token through each linear shape
 of the bundled teacher (the q/k/v/o projections, the MLP, the 49K-vocabulary output layer), median ms of
-float32 `F.linear`, bfloat16 `F.linear`, liger.quantize's int8 and int4 layers (PyTorch's packed kernels),
-and, when torchao is installed, torchao's `Int8WeightOnlyConfig` on a float32 layer. Interleaved, so a
-drift in machine speed hits every candidate alike. Prints a markdown table (the per-token sum weights each
+float32 and bfloat16 `nn.Linear`, liger.quantize's int8 and int4 layers (PyTorch's packed kernels),
+and, when torchao is installed, torchao's `Int8WeightOnlyConfig` on a float32 layer. Each call reads its
+weights from memory (`candidates`). Interleaved, so a drift in machine speed hits every candidate alike. Prints a markdown table (the per-token sum weights each
 shape by how often the model uses it).
 
     python bench/weight_kernels.py [--repeats 7]
@@ -11,36 +11,54 @@ shape by how often the model uses it).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from liger.quantize import Int4Linear, Int8Linear
 
 # (in, out, uses per token) in the bundled SmolLM2-135M: 30 layers of q, o (576 -> 576), k, v (576 -> 192),
 # gate, up (576 -> 1536), down (1536 -> 576), and the output layer
+COLD_BYTES = 256 * 2**20  # more than any CPU's last-level cache
 SHAPES = [(576, 576, 60), (576, 192, 60), (576, 1536, 60), (1536, 576, 30), (576, 49152, 1)]
 
 
 def candidates(inp: int, out: int) -> dict:
+    """name -> a function running one call; each cycles through copies of the layer totalling >= COLD_BYTES of
+    float32 weights, so that every call reads its weights from memory, as in a decode step (a layer called
+    over and over would be timed from the CPU's caches)."""
     torch.manual_seed(0)
-    lin = torch.nn.Linear(inp, out, bias=False)
+    n = max(1, COLD_BYTES // (inp * out * 4))
+    lins = [torch.nn.Linear(inp, out, bias=False) for _ in range(n)]
     x = torch.randn(1, inp)
-    xb, wb = x.bfloat16(), lin.weight.detach().bfloat16()
-    c = {"float32": lambda: lin(x), "bf16": lambda: F.linear(xb, wb),
-         "int8 (liger)": (lambda q: lambda: q(x))(Int8Linear(lin))}
-    c["int4 (liger)"] = (lambda q: lambda: q(x))(Int4Linear(lin)) if Int4Linear.supports(lin) else None
+    xb = x.bfloat16()
+
+    def cycle(layers, arg):
+        it = iter(())
+
+        def call():
+            nonlocal it
+            layer = next(it, None)
+            if layer is None:
+                it = iter(layers)
+                layer = next(it)
+            return layer(arg)
+        return call
+
+    c = {"float32": cycle(lins, x), "bf16": cycle([copy.deepcopy(m).bfloat16() for m in lins], xb),
+         "int8 (liger)": cycle([Int8Linear(m) for m in lins], x),
+         "int4 (liger)": cycle([Int4Linear(m) for m in lins], x) if Int4Linear.supports(lins[0]) else None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
-        tl = torch.nn.Linear(inp, out, bias=False)
-        tl.weight.data.copy_(lin.weight.data)
-        quantize_(tl, Int8WeightOnlyConfig())
-        c["int8 (torchao)"] = lambda: tl(x)
+        tl = [copy.deepcopy(m) for m in lins]
+        for m in tl:
+            quantize_(m, Int8WeightOnlyConfig())
+        c["int8 (torchao)"] = cycle(tl, x)
     except ImportError:
         pass
     return c

@@ -37,6 +37,9 @@ def test_layer_computes_with_its_dequantized_weight(cls, bias):
         step = ((g.amax(-1) - g.amin(-1)) / 15).repeat_interleave(INT4_GROUP, 1)
     assert ((w - lin.weight).abs() <= step * (0.5 + 4 * BF16) + lin.weight.abs() * BF16).all()
     assert (w - lin.weight).abs().max() > 0  # it is quantized
+    if cls is Int8Linear:  # a prefill: the dequantized weight in one float32 matmul, no bfloat16 rounding
+        xl = torch.randn(3, 40, 96)
+        assert torch.allclose(q(xl), F.linear(xl, w, lin.bias), atol=1e-5)
     x = torch.randn(2, 5, 96)
     y = q(x)
     assert y.shape == (2, 5, 64) and y.dtype == torch.float32

@@ -12,7 +12,9 @@ Formats (`WEIGHT_FORMATS`):
   multiple of the group) gets int8 instead.
 
 The quantized layers take bfloat16 activations at the matmul (inputs are cast, outputs cast back to the
-input's dtype), so the rest of the model (norms, mixers, caches) keeps its dtype. Decoding at batch 1 reads
+input's dtype), so the rest of the model (norms, mixers, caches) keeps its dtype. An int8 layer given more
+than `PACKED_MAX_ROWS` tokens at once (a prefill) multiplies in the input's dtype with its dequantized weight
+instead: the same weight, a kernel made for many rows. Decoding at batch 1 reads
 every weight once per token, so its time falls with the bytes per weight.
 
 Why hand-written wrappers around PyTorch's ops rather than torchao's configs: on the CPUs we measured, torchao
@@ -35,6 +37,9 @@ Tensor = torch.Tensor
 
 WEIGHT_FORMATS = ("float32", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels per scale/offset pair (llama.cpp's Q4_0/Q4_1 blocks are 32 too)
+# Rows (tokens) above which an int8 layer dequantizes its weight and runs one float matmul: PyTorch's packed
+# int8 kernel is made for decoding (a few rows) and ran ~2x slower than float32 on 512-token prefills.
+PACKED_MAX_ROWS = 32
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -59,6 +64,9 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scale.float()[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.numel() // self.in_features > PACKED_MAX_ROWS:  # prefill: dequantize once, one float matmul
+            return torch.nn.functional.linear(x, self.dequantized().to(x.dtype),
+                                              None if self.bias is None else self.bias.to(x.dtype))
         y = torch.ops.aten._weight_int8pack_mm(_flat(x), self.qweight, self.scale)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)

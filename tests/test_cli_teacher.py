@@ -36,17 +36,21 @@ def test_info(converted, capsys):
     assert info["kv_bytes_per_token"] == 2 * 2 * 3 * 64 * 4
 
 
-def test_generate_streams_the_models_tokens(converted, capfd):
-    assert main(["generate", "--model", str(converted), "--prompt", "The capital of France is", "--raw",
-                 "--max-new-tokens", "12"]) == 0
-    printed = capfd.readouterr().out
-    model = liger.from_pretrained(converted)
+@pytest.mark.parametrize("weights,tokens", [("float32", 12), ("int8", 8)])
+def test_generate_streams_the_models_tokens(converted, capfd, weights, tokens):
+    """`liger generate` prints what `model.generate` gives; with --weights, the model in that format."""
     from transformers import AutoTokenizer
 
+    from liger.quantize import quantize_weights
+
+    assert main(["generate", "--model", str(converted), "--prompt", "The capital of France is", "--raw",
+                 "--max-new-tokens", str(tokens), "--weights", weights]) == 0
+    printed = capfd.readouterr().out
+    model = quantize_weights(liger.from_pretrained(converted), weights)
     tok = AutoTokenizer.from_pretrained(converted)
     enc = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     expected = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
     assert expected.strip() and printed.strip() == expected.strip()
 
@@ -83,19 +87,3 @@ def test_help_for_every_command():
         r = subprocess.run([sys.executable, "-m", "liger.cli", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: liger " + cmd in r.stdout
 
-
-def test_generate_with_int8_weights_streams_the_quantized_models_tokens(converted, capfd):
-    from transformers import AutoTokenizer
-
-    from liger.quantize import quantize_weights
-
-    assert main(["generate", "--model", str(converted), "--prompt", "The capital of France is", "--raw",
-                 "--max-new-tokens", "8", "--weights", "int8"]) == 0
-    printed = capfd.readouterr().out
-    model = quantize_weights(liger.from_pretrained(converted), "int8")
-    tok = AutoTokenizer.from_pretrained(converted)
-    enc = tok("The capital of France is", return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    expected = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    assert expected.strip() and printed.strip() == expected.strip()

@@ -46,18 +46,36 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
 
 
-class Int8Linear(nn.Module):
+class _PackedLinear(nn.Module):
+    """What the quantized layers share: the shape, the bias (frozen), and y [..., out] in x's dtype."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def _output(self, y: Tensor, x: Tensor) -> Tensor:
+        """The kernel's output [rows, out] as x's dtype and leading shape, plus the bias."""
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def _format(self) -> str:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._format()}"
+
+
+class Int8Linear(_PackedLinear):
     """A linear layer with int8 weights [out, in] and bfloat16 per-channel scales [out]; y = x W^T + b.
     x [..., in] of any float dtype -> y [..., out] of x's dtype."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
+        super().__init__(linear)
         w = linear.weight.detach().float()
         scale = (w.abs().amax(1) / 127).clamp_min(1e-12).bfloat16()  # rounded first: q is nearest for it
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def dequantized(self) -> Tensor:
         """The weight the layer computes with, float32 [out, in] (tests)."""
@@ -67,20 +85,18 @@ class Int8Linear(nn.Module):
         if x.numel() // self.in_features > PACKED_MAX_ROWS:  # prefill: dequantize once, one float matmul
             return torch.nn.functional.linear(x, self.dequantized().to(x.dtype),
                                               None if self.bias is None else self.bias.to(x.dtype))
-        y = torch.ops.aten._weight_int8pack_mm(_flat(x), self.qweight, self.scale)
-        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        return self._output(torch.ops.aten._weight_int8pack_mm(_flat(x), self.qweight, self.scale), x)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+    def _format(self) -> str:
+        return "int8"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_PackedLinear):
     """A linear layer with 4-bit weights in groups of `INT4_GROUP` input channels, packed for PyTorch's CPU
     kernel, with bfloat16 (scale, zero) pairs [in / group, out, 2]; y = x W^T + b, x's dtype."""
 
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
-        super().__init__()
+        super().__init__(linear)
         w = linear.weight.detach().float()
         out, inp = w.shape
         wg = w.view(out, inp // group, group)
@@ -90,11 +106,9 @@ class Int4Linear(nn.Module):
         # quantize against the bfloat16-rounded (scale, zero) the kernel will use, so rounding is to nearest
         scale_b, zero_b = scale.bfloat16().float(), zero.bfloat16().float()
         q = ((wg - zero_b[..., None]) / scale_b[..., None] + 8).round().clamp(0, 15).to(torch.int32)
-        self.in_features, self.out_features, self.group = inp, out, group
+        self.group = group
         self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(out, inp), 1))
         self.register_buffer("scale_zero", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().bfloat16())
-        self._q = None
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
     def supports(linear: nn.Linear, group: int = INT4_GROUP) -> bool:
@@ -108,11 +122,10 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(_flat(x), self.qweight, self.group, self.scale_zero)
-        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        return self._output(y, x)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4, group={self.group}"
+    def _format(self) -> str:
+        return f"int4, group={self.group}"
 
 
 def check_format(fmt: str, device: torch.device | str = "cpu") -> None:

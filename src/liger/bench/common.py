@@ -157,10 +157,9 @@ def tiny_causal_lm(seed: int = 0, vocab: int = 256, layers: int = 2, max_positio
 def fused_decode_note(on: bool) -> str:
     """Switch the fused decode step (liger.ops.fused_decode) on or off for this process, as the benchmark's
     --fused-decode says; the note for the models' description ("" when off)."""
-    fused_decode.set_enabled(on)
+    reason = fused_decode.set_enabled(on)
     if not on:
         return ""
-    reason = fused_decode.fused_decode_unavailable()
     if reason:
         log(f"--fused-decode: {reason}; decoding eagerly")
     return f"; fused decode step: {'unavailable (' + reason + '), eager' if reason else 'on'}"

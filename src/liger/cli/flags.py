@@ -250,7 +250,6 @@ def apply_fused_decode(on: bool) -> None:
         return
     from ..ops import fused_decode
 
-    fused_decode.set_enabled(True)
-    reason = fused_decode.fused_decode_unavailable()
+    reason = fused_decode.set_enabled(True)
     if reason:
         print(f"liger: --fused-decode: {reason}; decoding eagerly", file=sys.stderr)

@@ -6,7 +6,8 @@ cache bookkeeping (ring position, token count) stays outside, in Python (`GLACor
 
 API (process-wide, off by default: compiling costs seconds, paid on the first step of each new shape)::
 
-    set_enabled(True)                       # or LIGER_FUSED_DECODE=1; set_enabled(None) follows the env again
+    set_enabled(True) -> str | None         # or LIGER_FUSED_DECODE=1; set_enabled(None) follows the env again;
+                                            # returns why the step cannot run (None: it can)
     is_enabled() -> bool
     fused_decode_unavailable(device="cpu") -> str | None   # why it cannot run there; None when it can
     fused_decode_step(q, k, v, state, ring, ring_pos, construct, rope, mix, scale, normalize) -> Tensor | None
@@ -61,10 +62,12 @@ _slots: dict[tuple, list[Tensor]] = {}
 _strides: dict[torch.Size, tuple[int, ...]] = {}
 
 
-def set_enabled(on: bool | None) -> None:
-    """Switch the fused step on or off for the process; None: follow LIGER_FUSED_DECODE again."""
+def set_enabled(on: bool | None) -> str | None:
+    """Switch the fused step on or off for the process; None: follow LIGER_FUSED_DECODE again. Switching it
+    on returns why it cannot run on the CPU (`fused_decode_unavailable`), None when it can."""
     global _enabled
     _enabled = on
+    return fused_decode_unavailable() if on else None
 
 
 def is_enabled() -> bool:
